@@ -1,0 +1,1 @@
+FLASK_APP=celery_worker:app

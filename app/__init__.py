@@ -1,0 +1,42 @@
+"""Microblog: a Flask app whose Celery tasks run inside the request that started them."""
+from __future__ import annotations
+
+from flask import Flask
+
+from app.extensions import celery, csrf, db, login, mail, migrate
+from config import Config, config_from_environment
+
+
+def create_app(config_class: type[Config] | Config | None = None) -> Flask:
+    """Build the app. ``config_class`` defaults to the one ``MICROBLOG_CONFIG`` names."""
+    if config_class is None:
+        config = config_from_environment()
+    elif isinstance(config_class, type):
+        config = config_class()
+    else:
+        config = config_class
+    app = Flask(__name__, instance_path=config.INSTANCE_PATH)
+    app.config.from_object(config)
+
+    db.init_app(app)
+    migrate.init_app(app, db, render_as_batch=True)
+    mail.init_app(app)
+    csrf.init_app(app)
+    login.init_app(app)
+    celery.init_app(app)
+    with app.app_context():
+        from app.sqlite import configure_sqlite
+
+        configure_sqlite(app, db.engine)
+
+    from app import tasks  # noqa: F401  (registers the Celery tasks)
+    from app.auth import bp as auth_bp
+    from app.cli import register_cli
+    from app.errors import bp as errors_bp
+    from app.main import bp as main_bp
+
+    app.register_blueprint(errors_bp)
+    app.register_blueprint(auth_bp, url_prefix="/auth")
+    app.register_blueprint(main_bp)
+    register_cli(app)
+    return app

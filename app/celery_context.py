@@ -1,0 +1,570 @@
+"""CeleryWithContext: Celery tasks that run inside the Flask request that sent them.
+
+A task sent while a request is active carries that request to the worker, where
+``request``, ``url_for(..., _external=True)``, ``render_template``, ``current_user``
+and the app's ``after_request`` hooks behave as they did in the view. Three steps:
+
+capture
+    At send time (``apply_async``, ``apply``, ``retry``) the live request is reduced
+    to a small JSON-able mapping: its WSGI environ keys (method, scheme, host, script
+    root, path, raw query string, headers, client address), the parsed form or the
+    body, and the logged-in user's id. Credentials are scrubbed here, before anything
+    leaves the process (:func:`capture_request`).
+transport
+    The mapping is signed with the app's secret (itsdangerous) and travels in one
+    message header, :data:`CONTEXT_HEADER`; the task's args and kwargs never see it.
+    It is captured once per request and re-used by every task that request sends,
+    including links of chains and chords, retries and tasks sent from inside a task.
+replay
+    In the worker the header is verified (a forged, tampered or malformed context is
+    refused with :class:`ContextRefused`), turned back into a WSGI environ and the
+    task runs inside ``app.request_context(environ)``; on success the app's
+    ``after_request`` hooks run on an empty 200 response (:func:`replay_request`).
+
+Without a request (beat, the CLI, a shell) a task runs in an app context, and
+``url_for(_external=True)`` uses ``SERVER_NAME``. The session and ``g`` are not
+carried: pass what a task needs as arguments.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from io import BytesIO
+from typing import Any
+from urllib.parse import unquote_plus
+
+from celery import Celery, Task
+from celery import current_task as _current_celery_task
+from flask import Flask, current_app, has_app_context, has_request_context, request
+from flask.ctx import RequestContext
+from itsdangerous import BadPayload, BadSignature, Serializer
+from werkzeug.datastructures import ImmutableMultiDict
+
+logger = logging.getLogger(__name__)
+
+#: The message header that carries the signed request context.
+CONTEXT_HEADER = "flask_request_context"
+#: Where a replayed request keeps its incoming token, so tasks it sends inherit it.
+ENVIRON_TOKEN_KEY = "celery_with_context.token"
+_FORMAT_VERSION = 1
+_SIGNING_SALT = "celery-with-context.v1"
+
+#: Headers never captured (case-insensitive), whatever their value.
+DEFAULT_DROP_HEADERS = (
+    "Cookie",
+    "Authorization",
+    "Proxy-Authorization",
+    "X-CSRFToken",
+    "X-CSRF-Token",
+    "X-XSRF-Token",
+    "X-API-Key",
+    "X-Auth-Token",
+)
+#: Header, form, JSON and query field names matching this are dropped at capture.
+DEFAULT_SENSITIVE_PATTERN = (
+    r"pass(word|wd|phrase)?|pwd|secret|token|csrf|xsrf|api[-_]?key|authoriz|auth(?!or)"
+    r"|cookie|session|credential|private[-_]?key|signature"
+)
+DEFAULT_MAX_BYTES = 64 * 1024
+
+# Environ keys carried as they are; together with the HTTP_* headers they are what
+# werkzeug reads to build request.method/scheme/host/script_root/path/args/remote_addr.
+_CARRIED_ENVIRON_KEYS = (
+    "REQUEST_METHOD",
+    "SCRIPT_NAME",
+    "PATH_INFO",
+    "QUERY_STRING",
+    "REQUEST_URI",
+    "RAW_URI",
+    "SERVER_NAME",
+    "SERVER_PORT",
+    "SERVER_PROTOCOL",
+    "REMOTE_ADDR",
+    "REMOTE_PORT",
+    "CONTENT_TYPE",
+    "CONTENT_LENGTH",
+    "wsgi.url_scheme",
+)
+_FORM_MIMETYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+_WSGI_CONSTANTS = {
+    "wsgi.version": (1, 0),
+    "wsgi.errors": sys.stderr,
+    "wsgi.multithread": False,
+    "wsgi.multiprocess": True,
+    "wsgi.run_once": False,
+}
+
+
+class ContextRefused(Exception):
+    """The carried request context is unsigned, tampered, malformed or from another secret."""
+
+
+@dataclass(frozen=True)
+class ContextSettings:
+    """What capture keeps and drops, read from the Flask config (``CELERY_CONTEXT_*``)."""
+
+    drop_headers: frozenset[str]
+    sensitive: re.Pattern[str] | None
+    max_bytes: int
+    # Header names repeat from request to request: decide once per name.
+    _drop_decisions: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> ContextSettings:
+        headers = config.get("CELERY_CONTEXT_DROP_HEADERS", DEFAULT_DROP_HEADERS)
+        pattern = config.get("CELERY_CONTEXT_SENSITIVE_PATTERN", DEFAULT_SENSITIVE_PATTERN)
+        max_bytes = int(config.get("CELERY_CONTEXT_MAX_BYTES", DEFAULT_MAX_BYTES))
+        if max_bytes < 1024:
+            raise ValueError(f"CELERY_CONTEXT_MAX_BYTES must be at least 1024, found {max_bytes}")
+        return cls(
+            drop_headers=frozenset(_environ_header_key(name) for name in headers),
+            sensitive=re.compile(pattern, re.IGNORECASE) if pattern else None,
+            max_bytes=max_bytes,
+        )
+
+    def is_sensitive(self, name: str) -> bool:
+        return self.sensitive is not None and self.sensitive.search(name) is not None
+
+    def drops_header(self, environ_key: str) -> bool:
+        """Whether an ``HTTP_*`` environ key is a header capture leaves out."""
+        decision = self._drop_decisions.get(environ_key)
+        if decision is None:
+            decision = environ_key in self.drop_headers or self.is_sensitive(
+                environ_key[5:].replace("_", "-")
+            )
+            if len(self._drop_decisions) < 4096:
+                self._drop_decisions[environ_key] = decision
+        return decision
+
+
+def _environ_header_key(name: str) -> str:
+    return "HTTP_" + name.upper().replace("-", "_")
+
+
+# --- capture -----------------------------------------------------------------------------
+
+
+def capture_request(settings: ContextSettings) -> dict[str, Any]:
+    """Reduce the active request to a JSON-able mapping, with credentials scrubbed."""
+    environ = request.environ
+    carried: dict[str, str] = {
+        key: value
+        for key, value in environ.items()
+        if key.startswith("HTTP_") and not settings.drops_header(key)
+    }
+    for key in _CARRIED_ENVIRON_KEYS:
+        value = environ.get(key)
+        if value is not None:
+            carried[key] = value
+
+    query = carried.get("QUERY_STRING")
+    if query and settings.sensitive is not None and settings.sensitive.search(query):
+        scrubbed = _scrub_query(query, settings)
+        if scrubbed != query:
+            carried["QUERY_STRING"] = scrubbed
+            # The raw request line repeats the query: drop it rather than leak it.
+            carried.pop("REQUEST_URI", None)
+            carried.pop("RAW_URI", None)
+
+    context: dict[str, Any] = {"v": _FORMAT_VERSION, "e": carried}
+    if request.mimetype in _FORM_MIMETYPES:
+        context["f"] = [
+            [name, value]
+            for name, value in request.form.items(multi=True)
+            if not settings.is_sensitive(name)
+        ]
+    elif request.content_length:
+        _capture_body(context, settings)
+    user_id = _current_user_id()
+    if user_id is not None:
+        context["u"] = user_id
+    return context
+
+
+def _scrub_query(query: str, settings: ContextSettings) -> str:
+    kept = [
+        part
+        for part in query.split("&")
+        if not settings.is_sensitive(unquote_plus(part.partition("=")[0], encoding="latin-1"))
+    ]
+    return "&".join(kept)
+
+
+def _capture_body(context: dict[str, Any], settings: ContextSettings) -> None:
+    carried = context["e"]
+    if request.content_length > settings.max_bytes:
+        context["dropped"] = "body"
+        carried.pop("CONTENT_LENGTH", None)
+        return
+    body = request.get_data(cache=True)
+    if request.is_json and settings.sensitive is not None:
+        try:
+            document = json.loads(body)
+        except ValueError:
+            document = None
+        if document is not None:
+            scrubbed, changed = _scrub_json(document, settings)
+            if changed:
+                body = json.dumps(scrubbed, separators=(",", ":"), ensure_ascii=False).encode()
+    carried["CONTENT_LENGTH"] = str(len(body))
+    try:
+        context["b"] = body.decode("utf-8")
+    except UnicodeDecodeError:
+        context["b64"] = base64.b64encode(body).decode("ascii")
+
+
+def _scrub_json(value: Any, settings: ContextSettings) -> tuple[Any, bool]:
+    if isinstance(value, dict):
+        changed = False
+        kept = {}
+        for key, item in value.items():
+            if settings.is_sensitive(key):
+                changed = True
+                continue
+            kept[key], item_changed = _scrub_json(item, settings)
+            changed = changed or item_changed
+        return kept, changed
+    if isinstance(value, list):
+        items = [_scrub_json(item, settings) for item in value]
+        return [item for item, _ in items], any(changed for _, changed in items)
+    return value, False
+
+
+def _current_user_id() -> str | None:
+    login_manager = getattr(current_app, "login_manager", None)
+    if login_manager is None:
+        return None
+    from flask_login import current_user
+
+    if current_user.is_authenticated:
+        return str(current_user.get_id())
+    return None
+
+
+def _shrink_to_fit(context: dict[str, Any], encoded: str, settings: ContextSettings) -> str | None:
+    """Drop the body and form, then headers and query, until the context fits."""
+    size = len(encoded)
+    for stage in ("body", "headers"):
+        if stage == "body":
+            for key in ("f", "b", "b64"):
+                context.pop(key, None)
+            context["e"].pop("CONTENT_LENGTH", None)
+        else:
+            carried = context["e"]
+            for key in [k for k in carried if k.startswith("HTTP_") and k != "HTTP_HOST"]:
+                del carried[key]
+            for key in ("QUERY_STRING", "REQUEST_URI", "RAW_URI"):
+                carried.pop(key, None)
+        context["dropped"] = stage
+        encoded = _dumps(context)
+        if len(encoded) <= settings.max_bytes:
+            logger.warning(
+                "Request context of %d bytes is above CELERY_CONTEXT_MAX_BYTES=%d; "
+                "dropped the %s to fit",
+                size,
+                settings.max_bytes,
+                "body and form" if stage == "body" else "body, form, headers and query",
+            )
+            return encoded
+    logger.warning(
+        "Request context of %d bytes is above CELERY_CONTEXT_MAX_BYTES=%d even without "
+        "body, form, headers and query (path %d bytes); sending the task without it",
+        size,
+        settings.max_bytes,
+        len(context["e"].get("PATH_INFO", "")),
+    )
+    return None
+
+
+# --- transport ---------------------------------------------------------------------------
+
+
+def _dumps(context: Mapping[str, Any]) -> str:
+    return json.dumps(context, separators=(",", ":"), ensure_ascii=False)
+
+
+class _CompactJSON:
+    @staticmethod
+    def dumps(obj: Any) -> str:
+        return _dumps(obj)
+
+    @staticmethod
+    def loads(text: str | bytes) -> Any:
+        return json.loads(text)
+
+
+@dataclass
+class _AppState:
+    """Per-Flask-app settings and signer, built once by :meth:`CeleryWithContext.init_app`."""
+
+    settings: ContextSettings
+    serializer: Serializer
+
+    @classmethod
+    def for_app(cls, app: Flask) -> _AppState:
+        state = app.extensions.get("celery_with_context")
+        if state is None:
+            state = app.extensions["celery_with_context"] = cls.build(app)
+        return state
+
+    @classmethod
+    def build(cls, app: Flask) -> _AppState:
+        if not app.secret_key:
+            raise RuntimeError("CeleryWithContext signs request contexts with SECRET_KEY; set it")
+        keys = [*app.config.get("SECRET_KEY_FALLBACKS", []), app.secret_key]
+        return cls(
+            settings=ContextSettings.from_config(app.config),
+            serializer=Serializer(keys, salt=_SIGNING_SALT, serializer=_CompactJSON),
+        )
+
+
+def sign_request_context(app: Flask) -> str | None:
+    """Capture the active request and sign it: the value of :data:`CONTEXT_HEADER`."""
+    state = _AppState.for_app(app)
+    context = capture_request(state.settings)
+    encoded = _dumps(context)
+    if len(encoded) > state.settings.max_bytes:
+        encoded = _shrink_to_fit(context, encoded, state.settings)
+        if encoded is None:
+            return None
+    return state.serializer.make_signer(_SIGNING_SALT).sign(encoded).decode("utf-8")
+
+
+def verify_request_context(app: Flask, token: Any) -> dict[str, Any]:
+    """Check the signature and shape of a carried context; raise :class:`ContextRefused`."""
+    if not isinstance(token, str) or not token:
+        raise ContextRefused(
+            f"request context header must be a signed string, found {type(token).__name__}"
+        )
+    state = _AppState.for_app(app)
+    try:
+        context = state.serializer.loads(token)
+    except BadPayload as exc:
+        raise ContextRefused(f"request context signature is valid but its payload is malformed: {exc}") from None
+    except BadSignature as exc:
+        reason = "unsigned" if "." not in token else "tampered or signed with another secret"
+        raise ContextRefused(f"request context is {reason} ({exc})") from None
+    _check_shape(context)
+    return context
+
+
+def _check_shape(context: Any) -> None:
+    if not isinstance(context, dict):
+        raise ContextRefused(f"request context must be an object, found {type(context).__name__}")
+    if context.get("v") != _FORMAT_VERSION:
+        raise ContextRefused(
+            f"request context format version {context.get('v')!r} is not supported "
+            f"(expected {_FORMAT_VERSION})"
+        )
+    carried = context.get("e")
+    if not isinstance(carried, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in carried.items()
+    ):
+        raise ContextRefused("request context environ must map strings to strings")
+    form = context.get("f")
+    if form is not None and not (
+        isinstance(form, list)
+        and all(isinstance(p, list) and len(p) == 2 and all(isinstance(s, str) for s in p) for p in form)
+    ):
+        raise ContextRefused("request context form must be a list of [name, value] string pairs")
+
+
+# --- replay ------------------------------------------------------------------------------
+
+
+def _environ_from_context(context: Mapping[str, Any], token: str) -> dict[str, Any]:
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": "GET",
+        "SCRIPT_NAME": "",
+        "PATH_INFO": "/",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http",
+        **_WSGI_CONSTANTS,
+        **context["e"],
+    }
+    if "b" in context:
+        body = context["b"].encode("utf-8")
+    elif "b64" in context:
+        body = base64.b64decode(context["b64"])
+    else:
+        body = b""
+    environ["wsgi.input"] = BytesIO(body)
+    environ[ENVIRON_TOKEN_KEY] = token
+    return environ
+
+
+@contextmanager
+def replay_request(app: Flask, context: Mapping[str, Any], token: str) -> Iterator[RequestContext]:
+    """Run the body of the ``with`` inside the request a verified context describes.
+
+    On a normal exit the app's ``after_request`` hooks run on an empty 200 response,
+    whatever the task returned; teardown hooks run in every case.
+    """
+    ctx = app.request_context(_environ_from_context(context, token))
+    with ctx:
+        form = context.get("f")
+        if form is not None:
+            # The body was parsed in the view; hand werkzeug the parsed form directly.
+            ctx.request.__dict__.update(
+                form=ImmutableMultiDict(form), files=ImmutableMultiDict(), stream=BytesIO()
+            )
+        user_id = context.get("u")
+        if user_id is not None:
+            _restore_user(app, user_id)
+        yield ctx
+        app.process_response(app.response_class())
+
+
+def _restore_user(app: Flask, user_id: str) -> None:
+    # The session cookie is not carried: load the sender through Flask-Login's loader.
+    login_manager = getattr(app, "login_manager", None)
+    if login_manager is None or login_manager._user_callback is None:
+        return
+    login_manager._update_request_context_with_user(login_manager._user_callback(user_id))
+
+
+# --- the Celery app and its Task class ---------------------------------------------------
+
+
+def _header_from(celery_request: Any) -> str | None:
+    """Our header, wherever this Celery version or tool put it."""
+    if celery_request is None:
+        return None
+    value = getattr(celery_request, CONTEXT_HEADER, None)
+    if value is not None:
+        return value
+    headers = getattr(celery_request, "headers", None)
+    if isinstance(headers, Mapping):
+        value = headers.get(CONTEXT_HEADER)
+        if value is None and isinstance(headers.get("headers"), Mapping):
+            value = headers["headers"].get(CONTEXT_HEADER)
+    return value
+
+
+class ContextTask(Task):
+    """A task that carries the sending request to the worker and runs inside it."""
+
+    def _flask_app(self) -> Flask:
+        if has_app_context():
+            return current_app._get_current_object()
+        app = getattr(self.app, "flask_app", None)
+        if app is None:
+            raise RuntimeError(
+                "CeleryWithContext has no Flask app: call celery.init_app(app) "
+                "(create_app() does) before running tasks"
+            )
+        return app
+
+    def _context_token(self) -> str | None:
+        """The token to send: the live request's, or the running task's."""
+        if has_request_context():
+            environ = request.environ
+            token = environ.get(ENVIRON_TOKEN_KEY)
+            if token is None:
+                token = sign_request_context(current_app._get_current_object())
+                if token is not None:
+                    environ[ENVIRON_TOKEN_KEY] = token
+            return token
+        running = _current_celery_task._get_current_object()
+        if running is not None:
+            return _header_from(running.request)
+        return None
+
+    def _with_context_header(self, headers: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+        token = self._context_token()
+        if token is None:
+            return headers
+        return {**headers, CONTEXT_HEADER: token} if headers else {CONTEXT_HEADER: token}
+
+    def apply_async(self, args=None, kwargs=None, task_id=None, producer=None, link=None,
+                    link_error=None, shadow=None, **options):
+        options["headers"] = self._with_context_header(options.get("headers"))
+        return super().apply_async(args, kwargs, task_id, producer, link, link_error, shadow, **options)
+
+    def apply(self, args=None, kwargs=None, link=None, link_error=None, task_id=None,
+              retries=None, throw=None, logfile=None, loglevel=None, headers=None, **options):
+        headers = self._with_context_header(headers)
+        return super().apply(args, kwargs, link, link_error, task_id, retries, throw,
+                             logfile, loglevel, headers, **options)
+
+    def retry(self, args=None, kwargs=None, exc=None, throw=True, eta=None, countdown=None,
+              max_retries=None, **options):
+        # Merge rather than pass headers= twice: Celery re-sends the request's own headers.
+        inherited = self.request.headers if isinstance(self.request.headers, Mapping) else {}
+        options["headers"] = self._with_context_header({**inherited, **(options.get("headers") or {})})
+        return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
+
+    def __call__(self, *args, **kwargs):
+        if has_request_context():
+            # Called or applied inside a live (or replayed) request: run right there.
+            return self._run(args, kwargs)
+        app = self._flask_app()
+        token = _header_from(self.request_stack.top)
+        if token is None:
+            with app.app_context():
+                return self._run(args, kwargs)
+        try:
+            context = verify_request_context(app, token)
+        except ContextRefused as exc:
+            logger.error("Refusing to run task %s[%s]: %s", self.name, self.request.id, exc)
+            raise
+        with replay_request(app, context, token):
+            return self._run(args, kwargs)
+
+    def _run(self, args, kwargs):
+        top = self.request_stack.top
+        if top is not None and not top.called_directly:
+            # The worker's tracer (or apply()) already pushed this task's request.
+            return self.run(*args, **kwargs)
+        return super().__call__(*args, **kwargs)
+
+
+class CeleryWithContext(Celery):
+    """A Celery app whose tasks run inside the Flask request (or app) that sent them."""
+
+    task_cls = ContextTask
+
+    def __init__(self, main: str | None = None, **kwargs: Any) -> None:
+        super().__init__(main, **kwargs)
+        self.flask_app: Flask | None = None
+
+    def init_app(self, app: Flask) -> None:
+        """Bind to ``app``: configure from ``app.config``; the latest bound app runs tasks."""
+        previous_broker = self.conf.broker_url if self.flask_app is not None else None
+        self.conf.update(celery_settings(app.config))
+        if previous_broker is not None and previous_broker != self.conf.broker_url:
+            self.close()  # forget the connection pool to the old broker
+        self.flask_app = app
+        app.extensions["celery"] = self
+        app.extensions["celery_with_context"] = _AppState.build(app)
+
+
+def celery_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Celery's settings (lower-case names) from the Flask config."""
+    settings = {
+        "broker_url": config["CELERY_BROKER_URL"],
+        "result_backend": config["CELERY_RESULT_BACKEND"],
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_ignore_result": False,
+        "result_expires": 7 * 24 * 3600,
+        "task_track_started": True,
+        "task_time_limit": config.get("CELERY_TASK_TIME_LIMIT"),
+        "task_soft_time_limit": config.get("CELERY_TASK_SOFT_TIME_LIMIT"),
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": True,
+        "enable_utc": True,
+        "timezone": "UTC",
+    }
+    settings.update(config.get("CELERY") or {})
+    return settings

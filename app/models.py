@@ -1,0 +1,162 @@
+"""Database models: users, their posts, and the background tasks they start."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from uuid import uuid4
+
+import sqlalchemy as sa
+import sqlalchemy.orm as so
+from flask import current_app
+from flask_login import UserMixin
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from app.extensions import db, login
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(sa.types.TypeDecorator):
+    """A timezone-aware UTC datetime on every engine (SQLite drops the offset)."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"expected a timezone-aware datetime, found naive {value!r}")
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=timezone.utc)
+
+
+class User(UserMixin, db.Model):
+    __tablename__ = "user"
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    username: so.Mapped[str] = so.mapped_column(sa.String(64), index=True, unique=True)
+    email: so.Mapped[str] = so.mapped_column(sa.String(120), index=True, unique=True)
+    password_hash: so.Mapped[str | None] = so.mapped_column(sa.String(256))
+    created: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
+
+    posts: so.WriteOnlyMapped[Post] = so.relationship(back_populates="author", passive_deletes=True)
+    tasks: so.WriteOnlyMapped[Task] = so.relationship(back_populates="user", passive_deletes=True)
+
+    def __repr__(self) -> str:
+        return f"<User {self.username}>"
+
+    def set_password(self, password: str) -> None:
+        method = current_app.config.get("PASSWORD_HASH_METHOD")
+        self.password_hash = (
+            generate_password_hash(password, method) if method else generate_password_hash(password)
+        )
+
+    def check_password(self, password: str) -> bool:
+        return self.password_hash is not None and check_password_hash(self.password_hash, password)
+
+    def launch_task(self, celery_task, description: str, *args) -> Task:
+        return launch_task(self, celery_task, description, *args)
+
+    def posts_select(self) -> sa.Select:
+        return self.posts.select().order_by(Post.timestamp.desc(), Post.id.desc())
+
+
+@login.user_loader
+def load_user(user_id: str) -> User | None:
+    try:
+        return db.session.get(User, int(user_id))
+    except ValueError:
+        return None
+
+
+class Post(db.Model):
+    __tablename__ = "post"
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    body: so.Mapped[str] = so.mapped_column(sa.String(280))
+    timestamp: so.Mapped[datetime] = so.mapped_column(UTCDateTime, index=True, default=utcnow)
+    user_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("user.id", ondelete="CASCADE"), index=True)
+
+    author: so.Mapped[User] = so.relationship(back_populates="posts")
+
+    def __repr__(self) -> str:
+        return f"<Post {self.id} by {self.user_id}>"
+
+
+class TaskState:
+    """Task states; the names are Celery's, plus PROGRESS while a task reports it."""
+
+    PENDING = "PENDING"
+    STARTED = "STARTED"
+    PROGRESS = "PROGRESS"
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"
+    RUNNING = (PENDING, STARTED, PROGRESS)
+    FINISHED = (SUCCESS, FAILURE)
+
+
+class Task(db.Model):
+    """A background job a user started, tracked from enqueue to its end."""
+
+    __tablename__ = "task"
+
+    id: so.Mapped[str] = so.mapped_column(sa.String(36), primary_key=True)  # the Celery task id
+    name: so.Mapped[str] = so.mapped_column(sa.String(128), index=True)
+    description: so.Mapped[str] = so.mapped_column(sa.String(128))
+    user_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("user.id", ondelete="CASCADE"), index=True)
+    state: so.Mapped[str] = so.mapped_column(sa.String(16), default=TaskState.PENDING)
+    progress: so.Mapped[int] = so.mapped_column(sa.Integer, default=0)
+    error: so.Mapped[str | None] = so.mapped_column(sa.Text)
+    created: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
+    finished: so.Mapped[datetime | None] = so.mapped_column(UTCDateTime)
+    result_location: so.Mapped[str | None] = so.mapped_column(sa.String(512))
+
+    user: so.Mapped[User] = so.relationship(back_populates="tasks")
+
+    __table_args__ = (
+        sa.CheckConstraint("progress >= 0 AND progress <= 100", name="ck_task_progress_range"),
+    )
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name} {self.id} {self.state}>"
+
+    @property
+    def is_running(self) -> bool:
+        return self.state in TaskState.RUNNING
+
+
+class TaskNotStarted(RuntimeError):
+    """The broker refused or could not be reached: the job was not enqueued."""
+
+
+def launch_task(user: User, celery_task, description: str, *args) -> Task:
+    """Record a Task row for ``user``, commit it, then enqueue ``celery_task(*args)``.
+
+    The row is committed before the message is sent, so the worker always finds it;
+    if sending fails the row is marked FAILURE (never left running) and
+    :class:`TaskNotStarted` is raised.
+    """
+    row = Task(
+        id=str(uuid4()),
+        name=celery_task.name.rsplit(".", 1)[-1],
+        description=description,
+        user_id=user.id,
+        state=TaskState.PENDING,
+    )
+    db.session.add(row)
+    db.session.commit()
+    try:
+        celery_task.apply_async(args=args, task_id=row.id)
+    except Exception as exc:
+        db.session.rollback()
+        row.state = TaskState.FAILURE
+        row.error = "The background service is unavailable; the task was not started."
+        row.finished = utcnow()
+        db.session.commit()
+        current_app.logger.error("Could not enqueue %s for %s: %r", row.name, user, exc)
+        raise TaskNotStarted(row.error) from exc
+    return row

@@ -1,0 +1,158 @@
+"""Configuration classes, read from environment variables when instantiated.
+
+``create_app()`` picks one by the ``MICROBLOG_CONFIG`` variable (``development``,
+``testing`` or ``production``; default ``development``). Every setting can be set
+through the environment variable of the same name; ``.env`` and ``.flaskenv`` are
+loaded by the Flask CLI and by ``celery_worker.py``.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+BASEDIR = Path(__file__).resolve().parent
+
+#: The development default; production refuses to start with it.
+INSECURE_SECRET_KEY = "dev-insecure-secret-key-change-me"
+
+
+def _bool(value: str | None, default: bool = False) -> bool:
+    if value is None or value.strip() == "":
+        return default
+    text = value.strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"expected a boolean (1/0, true/false, yes/no, on/off), found {value!r}")
+
+
+def _int(name: str, value: str | None, default: int) -> int:
+    if value is None or value.strip() == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, found {value!r}") from None
+
+
+def _list(value: str | None) -> list[str] | None:
+    if value is None or value.strip() == "":
+        return None
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def redis_socket_url(socket_path: Path) -> str:
+    """The URL Celery (kombu and the Redis result backend) uses for a unix socket."""
+    return f"redis+socket://{socket_path}"
+
+
+class Config:
+    """Settings shared by every environment. Instantiate to read the environment."""
+
+    TESTING = False
+    DEBUG = False
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        env = os.environ if environ is None else environ
+        get = env.get
+
+        self.INSTANCE_PATH = str(Path(get("INSTANCE_PATH") or BASEDIR / "instance").resolve())
+        instance = Path(self.INSTANCE_PATH)
+
+        self.SECRET_KEY = get("SECRET_KEY") or INSECURE_SECRET_KEY
+        self.SECRET_KEY_FALLBACKS = _list(get("SECRET_KEY_FALLBACKS")) or []
+        # Flask refuses requests whose Host is not listed (and so does enqueueing).
+        self.TRUSTED_HOSTS = _list(get("TRUSTED_HOSTS"))
+        self.SERVER_NAME = get("SERVER_NAME") or None
+        self.APPLICATION_ROOT = get("APPLICATION_ROOT") or "/"
+        self.PREFERRED_URL_SCHEME = get("PREFERRED_URL_SCHEME") or "http"
+
+        # Relative SQLite paths are resolved inside the instance folder by Flask-SQLAlchemy.
+        self.SQLALCHEMY_DATABASE_URI = get("DATABASE_URL") or "sqlite:///microblog.db"
+        self.SQLALCHEMY_ENGINE_OPTIONS: dict = {}
+        self.SQLITE_BUSY_TIMEOUT_MS = _int("SQLITE_BUSY_TIMEOUT_MS", get("SQLITE_BUSY_TIMEOUT_MS"), 15000)
+
+        self.EMBEDDED_REDIS_SOCKET = str(instance / "redis.sock")
+        self.REDIS_URL = get("REDIS_URL") or redis_socket_url(Path(self.EMBEDDED_REDIS_SOCKET))
+        self.CELERY_BROKER_URL = get("CELERY_BROKER_URL") or self.REDIS_URL
+        self.CELERY_RESULT_BACKEND = get("CELERY_RESULT_BACKEND") or self.REDIS_URL
+        self.CELERY_TASK_TIME_LIMIT = _int("CELERY_TASK_TIME_LIMIT", get("CELERY_TASK_TIME_LIMIT"), 3600)
+        self.CELERY_TASK_SOFT_TIME_LIMIT = _int(
+            "CELERY_TASK_SOFT_TIME_LIMIT", get("CELERY_TASK_SOFT_TIME_LIMIT"), 3300
+        )
+        #: Extra Celery settings (lower-case Celery names), merged last.
+        self.CELERY: dict = {}
+
+        self.MAIL_SERVER = get("MAIL_SERVER") or "127.0.0.1"
+        # Without MAIL_SERVER, mail goes to the local sink `make run` starts.
+        self.MAIL_PORT = _int("MAIL_PORT", get("MAIL_PORT"), 25 if get("MAIL_SERVER") else 8025)
+        self.MAIL_USE_TLS = _bool(get("MAIL_USE_TLS"))
+        self.MAIL_USE_SSL = _bool(get("MAIL_USE_SSL"))
+        self.MAIL_USERNAME = get("MAIL_USERNAME") or None
+        self.MAIL_PASSWORD = get("MAIL_PASSWORD") or None
+        self.MAIL_DEFAULT_SENDER = get("MAIL_DEFAULT_SENDER") or "Microblog <noreply@microblog.localhost>"
+        self.MAIL_SINK_DIR = get("MAIL_SINK_DIR") or str(instance / "mail")
+
+        self.EXPORTS_DIR = get("EXPORTS_DIR") or str(instance / "exports")
+        self.POSTS_PER_PAGE = _int("POSTS_PER_PAGE", get("POSTS_PER_PAGE"), 25)
+
+        self.WTF_CSRF_ENABLED = True
+        self.SESSION_COOKIE_HTTPONLY = True
+        self.SESSION_COOKIE_SAMESITE = "Lax"
+        self.REMEMBER_COOKIE_HTTPONLY = True
+
+
+class DevelopmentConfig(Config):
+    DEBUG = False  # `flask run --debug` turns the debugger on explicitly.
+
+
+class TestingConfig(Config):
+    TESTING = True
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        super().__init__(environ)
+        env = os.environ if environ is None else environ
+        self.SQLALCHEMY_DATABASE_URI = env.get("DATABASE_URL") or "sqlite://"
+        # Cheap hashing keeps the suite fast; production keeps werkzeug's default.
+        self.PASSWORD_HASH_METHOD = "pbkdf2:sha256:1000"
+
+
+class ProductionConfig(Config):
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        super().__init__(environ)
+        if self.SECRET_KEY == INSECURE_SECRET_KEY or len(self.SECRET_KEY) < 16:
+            raise RuntimeError(
+                "ProductionConfig needs SECRET_KEY: set it to a long random value, e.g. "
+                "the output of `python -c 'import secrets; print(secrets.token_hex(32))'`"
+            )
+        if not self.TRUSTED_HOSTS:
+            raise RuntimeError(
+                "ProductionConfig needs TRUSTED_HOSTS: a comma-separated list of the host "
+                "names this site answers to (links in emails are built from the request's Host)"
+            )
+        self.SESSION_COOKIE_SECURE = True
+        self.REMEMBER_COOKIE_SECURE = True
+        env = os.environ if environ is None else environ
+        self.PREFERRED_URL_SCHEME = env.get("PREFERRED_URL_SCHEME") or "https"
+
+
+CONFIGS: dict[str, type[Config]] = {
+    "development": DevelopmentConfig,
+    "testing": TestingConfig,
+    "production": ProductionConfig,
+}
+
+
+def config_from_environment(environ: Mapping[str, str] | None = None) -> Config:
+    """The config named by ``MICROBLOG_CONFIG``, instantiated from the environment."""
+    env = os.environ if environ is None else environ
+    name = (env.get("MICROBLOG_CONFIG") or "development").strip().lower()
+    try:
+        config_class = CONFIGS[name]
+    except KeyError:
+        raise RuntimeError(
+            f"MICROBLOG_CONFIG must be one of {', '.join(CONFIGS)}, found {name!r}"
+        ) from None
+    return config_class(env)
