@@ -345,13 +345,24 @@ def verify_request_context(app: Flask, token: Any) -> dict[str, Any]:
     state = _AppState.for_app(app)
     try:
         context = state.serializer.loads(token)
-    except BadPayload as exc:
-        raise ContextRefused(f"request context signature is valid but its payload is malformed: {exc}") from None
-    except BadSignature as exc:
-        reason = "unsigned" if "." not in token else "tampered or signed with another secret"
-        raise ContextRefused(f"request context is {reason} ({exc})") from None
+    except BadPayload:
+        raise ContextRefused("request context is signed but its payload is not valid JSON") from None
+    except BadSignature:
+        if _is_bare_json(token):
+            raise ContextRefused("request context is unsigned") from None
+        raise ContextRefused(
+            "request context signature does not match: tampered, truncated or signed with another secret"
+        ) from None
     _check_shape(context)
     return context
+
+
+def _is_bare_json(token: str) -> bool:
+    try:
+        json.loads(token)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_shape(context: Any) -> None:

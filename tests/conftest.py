@@ -1,0 +1,197 @@
+"""Fixtures: apps on fresh databases, a real Redis, a real worker, a real SMTP server."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from app import create_app
+from app.extensions import celery, db
+from config import TestingConfig
+from devservers.smtp_sink import start_sink
+from tests.support.services import ROOT, RedisService, WorkerProcess
+
+TEST_SECRET_KEY = "test-secret-key-0123456789abcdef"
+CSRF_FIELD = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')
+
+
+def csrf_token_in(html: str) -> str:
+    match = CSRF_FIELD.search(html)
+    assert match, "no csrf_token field on the page"
+    return match.group(1)
+
+
+@pytest.fixture(scope="session")
+def redis_service(tmp_path_factory):
+    service = RedisService(tmp_path_factory.mktemp("redis"))
+    yield service
+    import gc
+
+    gc.collect()  # AsyncResults unsubscribe from the backend when collected: do it while Redis is up
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def smtp_server(tmp_path_factory):
+    controller, sink = start_sink(tmp_path_factory.mktemp("mail"))
+    yield controller, sink
+    controller.stop()
+
+
+@pytest.fixture
+def mail_sink(smtp_server):
+    """The session's SMTP server, emptied for this test."""
+    _, sink = smtp_server
+    sink.messages.clear()
+    sink.scripted_replies.clear()
+    return sink
+
+
+def base_environ(tmp_path: Path, redis_service: RedisService, smtp_server, database_url: str) -> dict[str, str]:
+    controller, _ = smtp_server
+    return {
+        "MICROBLOG_CONFIG": "testing",
+        "SECRET_KEY": TEST_SECRET_KEY,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_service.url,
+        "MAIL_SERVER": "127.0.0.1",
+        "MAIL_PORT": str(controller.port),
+        "INSTANCE_PATH": str(tmp_path / "instance"),
+        "EXPORTS_DIR": str(tmp_path / "instance" / "exports"),
+    }
+
+
+@pytest.fixture
+def app_environ(tmp_path, redis_service, smtp_server) -> dict[str, str]:
+    return base_environ(tmp_path, redis_service, smtp_server, f"sqlite:///{tmp_path / 'app.db'}")
+
+
+@pytest.fixture
+def app(app_environ):
+    app = create_app(TestingConfig(app_environ))
+    with app.app_context():
+        db.create_all()
+    yield app
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+class AuthActions:
+    """Register, log in and out through the real forms, CSRF token included."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+
+    def csrf_token(self, path: str = "/auth/login") -> str:
+        return csrf_token_in(self.client.get(path).get_data(as_text=True))
+
+    def register(self, username="susan", email=None, password="correct horse", password2=None, **kw):
+        data = {
+            "username": username,
+            "email": email if email is not None else f"{username}@example.com",
+            "password": password,
+            "password2": password if password2 is None else password2,
+            "csrf_token": self.csrf_token("/auth/register"),
+        }
+        return self.client.post("/auth/register", data=data, **kw)
+
+    def login(self, username="susan", password="correct horse", **kw):
+        data = {"username": username, "password": password, "csrf_token": self.csrf_token()}
+        return self.client.post("/auth/login", data=data, **kw)
+
+    def signup(self, username="susan", password="correct horse"):
+        """Register and log in; return the login response."""
+        response = self.register(username, password=password)
+        assert response.status_code == 302, response.get_data(as_text=True)
+        return self.login(username, password)
+
+    def logout(self):
+        token = csrf_token_in(self.client.get("/").get_data(as_text=True))
+        return self.client.post("/auth/logout", data={"csrf_token": token})
+
+    def post_form(self, path: str, data: dict | None = None, page: str = "/", **kw):
+        """POST a form with the CSRF token taken from ``page``."""
+        token = csrf_token_in(self.client.get(page).get_data(as_text=True))
+        return self.client.post(path, data={**(data or {}), "csrf_token": token}, **kw)
+
+
+@pytest.fixture
+def auth(client):
+    return AuthActions(client)
+
+
+# --- the live stack: a migrated database file shared with a real worker process -------
+
+
+class LiveStack:
+    def __init__(self, directory: Path, environ: dict[str, str], worker: WorkerProcess) -> None:
+        self.directory = directory
+        self.environ = environ
+        self.worker = worker
+        self.hook_log = directory / "hooks.jsonl"
+
+    def hook_entries(self) -> list[dict]:
+        import json
+
+        if not self.hook_log.exists():
+            return []
+        return [json.loads(line) for line in self.hook_log.read_text().splitlines() if line]
+
+
+@pytest.fixture(scope="session")
+def live_stack(tmp_path_factory, redis_service, smtp_server):
+    """A database built by ``flask db upgrade`` and a Celery worker process using it."""
+    directory = tmp_path_factory.mktemp("live")
+    environ = base_environ(directory, redis_service, smtp_server, f"sqlite:///{directory / 'live.db'}")
+    process_env = {
+        **os.environ, **environ, "FLASK_SKIP_DOTENV": "1", "PYTHONUNBUFFERED": "1",
+        "PROBE_HOOK_LOG": str(directory / "hooks.jsonl"),
+    }
+    subprocess.run(
+        [str(Path(sys.executable).parent / "flask"), "--app", "celery_worker:app", "db", "upgrade"],
+        cwd=ROOT, env=process_env, check=True, capture_output=True,
+    )
+    create_app(TestingConfig(environ))  # binds the test process's Celery app to this broker
+    worker = WorkerProcess(process_env, directory / "worker.log", "-c", "1", "-I", "tests.support.probe_tasks")
+    worker.start(celery)
+    yield LiveStack(directory, environ, worker)
+    worker.stop()
+
+
+@pytest.fixture
+def live_app(live_stack):
+    """An app on the live stack's database; every table is emptied after the test."""
+    app = create_app(TestingConfig(live_stack.environ))
+    yield app
+    with app.app_context():
+        db.session.remove()
+        with db.engine.begin() as connection:
+            for table in reversed(db.metadata.sorted_tables):
+                connection.execute(sa.delete(table))
+        db.engine.dispose()
+
+
+@pytest.fixture
+def live_client(live_app):
+    return live_app.test_client()
+
+
+@pytest.fixture
+def live_auth(live_client):
+    return AuthActions(live_client)

@@ -1,0 +1,1 @@
+"""Real services for the tests: Redis, a Celery worker process, an SMTP server."""

@@ -1,0 +1,97 @@
+"""Start and stop the real processes the integration tests talk to."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import redis
+
+from config import redis_socket_url
+from devservers.redis_server import start_redis
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05,
+               message: str = "condition") -> object:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+class RedisService:
+    """A real Redis: the embedded redis-server on a unix socket, or ``REDIS_URL`` when set."""
+
+    def __init__(self, directory: Path) -> None:
+        self.process: subprocess.Popen | None = None
+        external = os.environ.get("REDIS_URL")
+        if external:
+            self.url = external
+            self._client_kwargs = {"url": external}
+            return
+        self.socket_path = directory / "redis.sock"
+        self.directory = directory
+        self.process = start_redis(self.socket_path, directory, persist=False, log_path=directory / "redis.log")
+        self.url = redis_socket_url(self.socket_path)
+
+    def client(self) -> redis.Redis:
+        if self.process is None:
+            return redis.Redis.from_url(os.environ["REDIS_URL"])
+        return redis.Redis(unix_socket_path=str(self.socket_path))
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+class WorkerProcess:
+    """``celery -A celery_worker.celery worker`` as a user runs it, in its own process group."""
+
+    def __init__(self, env: Mapping[str, str], log_path: Path, *extra_args: str) -> None:
+        self.env = dict(env)
+        self.log_path = log_path
+        self.extra_args = extra_args
+        self.process: subprocess.Popen | None = None
+
+    def start(self, celery_app, timeout: float = 60.0) -> WorkerProcess:
+        log = open(self.log_path, "ab")
+        self.hostname = f"test-{os.getpid()}-{time.monotonic_ns()}@localhost"
+        self.process = subprocess.Popen(
+            [str(BIN / "celery"), "-A", "celery_worker.celery", "worker", "-l", "info",
+             "-n", self.hostname, "--without-gossip", "--without-mingle", *self.extra_args],
+            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+        def answers_ping() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.log()}")
+            return bool(celery_app.control.ping(destination=[self.hostname], timeout=0.5))
+
+        wait_until(answers_ping, timeout, message=f"worker {self.hostname} to answer ping")
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
