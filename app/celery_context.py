@@ -43,7 +43,8 @@ from celery import Celery, Task
 from celery import current_task as _current_celery_task
 from flask import Flask, current_app, has_app_context, has_request_context, request
 from flask.ctx import RequestContext
-from itsdangerous import BadPayload, BadSignature, Serializer
+from flask.sessions import SecureCookieSessionInterface
+from itsdangerous import BadSignature, Signer
 from werkzeug.datastructures import ImmutableMultiDict
 
 logger = logging.getLogger(__name__)
@@ -289,22 +290,12 @@ def _dumps(context: Mapping[str, Any]) -> str:
     return json.dumps(context, separators=(",", ":"), ensure_ascii=False)
 
 
-class _CompactJSON:
-    @staticmethod
-    def dumps(obj: Any) -> str:
-        return _dumps(obj)
-
-    @staticmethod
-    def loads(text: str | bytes) -> Any:
-        return json.loads(text)
-
-
 @dataclass
 class _AppState:
     """Per-Flask-app settings and signer, built once by :meth:`CeleryWithContext.init_app`."""
 
     settings: ContextSettings
-    serializer: Serializer
+    signer: Signer
 
     @classmethod
     def for_app(cls, app: Flask) -> _AppState:
@@ -317,10 +308,11 @@ class _AppState:
     def build(cls, app: Flask) -> _AppState:
         if not app.secret_key:
             raise RuntimeError("CeleryWithContext signs request contexts with SECRET_KEY; set it")
-        keys = [*app.config.get("SECRET_KEY_FALLBACKS", []), app.secret_key]
+        # Newest key last, as itsdangerous and Flask's sessions expect; all verify.
+        keys = [*(app.config.get("SECRET_KEY_FALLBACKS") or []), app.secret_key]
         return cls(
             settings=ContextSettings.from_config(app.config),
-            serializer=Serializer(keys, salt=_SIGNING_SALT, serializer=_CompactJSON),
+            signer=Signer(keys, salt=_SIGNING_SALT),
         )
 
 
@@ -333,7 +325,7 @@ def sign_request_context(app: Flask) -> str | None:
         encoded = _shrink_to_fit(context, encoded, state.settings)
         if encoded is None:
             return None
-    return state.serializer.make_signer(_SIGNING_SALT).sign(encoded).decode("utf-8")
+    return state.signer.sign(encoded.encode("utf-8")).decode("utf-8")
 
 
 def verify_request_context(app: Flask, token: Any) -> dict[str, Any]:
@@ -344,15 +336,17 @@ def verify_request_context(app: Flask, token: Any) -> dict[str, Any]:
         )
     state = _AppState.for_app(app)
     try:
-        context = state.serializer.loads(token)
-    except BadPayload:
-        raise ContextRefused("request context is signed but its payload is not valid JSON") from None
+        payload = state.signer.unsign(token.encode("utf-8"))
     except BadSignature:
         if _is_bare_json(token):
             raise ContextRefused("request context is unsigned") from None
         raise ContextRefused(
             "request context signature does not match: tampered, truncated or signed with another secret"
         ) from None
+    try:
+        context = json.loads(payload)
+    except ValueError:
+        raise ContextRefused("request context is signed but its payload is not valid JSON") from None
     _check_shape(context)
     return context
 
@@ -420,7 +414,11 @@ def replay_request(app: Flask, context: Mapping[str, Any], token: str) -> Iterat
     On a normal exit the app's ``after_request`` hooks run on an empty 200 response,
     whatever the task returned; teardown hooks run in every case.
     """
-    ctx = app.request_context(_environ_from_context(context, token))
+    session = None
+    if type(app.session_interface) is SecureCookieSessionInterface:
+        # No cookie is carried, so the session starts empty: skip decoding one.
+        session = app.session_interface.session_class()
+    ctx = RequestContext(app, _environ_from_context(context, token), session=session)
     with ctx:
         form = context.get("f")
         if form is not None:

@@ -5,6 +5,8 @@ stack into a probe view) and compares what the worker saw with what the view saw
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 from celery import chain, chord, group
 from celery.result import AsyncResult
@@ -325,25 +327,30 @@ def test_credentials_never_reach_redis(probe_app, redis_service):
 
 
 def _forged_tokens(app) -> dict[str, object]:
-    from itsdangerous import Serializer
+    from itsdangerous import Signer
 
-    from app.celery_context import _SIGNING_SALT, _AppState, _CompactJSON, sign_request_context
+    from app.celery_context import _SIGNING_SALT, _AppState, sign_request_context
 
     with app.test_request_context("/probe/forged", base_url="https://good.example/"):
         good = sign_request_context(app)
     payload, _, signature = good.rpartition(".")
     evil = payload.replace("good.example", "evil.example")
-    other_secret = Serializer("another-secret-entirely", salt=_SIGNING_SALT, serializer=_CompactJSON)
-    ours = _AppState.for_app(app).serializer
+    other_secret = Signer("another-secret-entirely", salt=_SIGNING_SALT)
+    ours = _AppState.for_app(app).signer
+
+    def signed(signer, document) -> str:
+        return signer.sign(json.dumps(document)).decode()
+
     return {
         "unsigned": payload,
         "tampered": f"{evil}.{signature}",
-        "another secret": other_secret.dumps({"v": 1, "e": {"HTTP_HOST": "evil.example"}}),
+        "another secret": signed(other_secret, {"v": 1, "e": {"HTTP_HOST": "evil.example"}}),
         "truncated": good[: len(good) // 2],
         "not a string": 12345,
         "garbage": "not json at all.signature",
-        "signed but malformed": ours.dumps({"v": 1, "e": {"HTTP_HOST": 5}}),
-        "signed, unknown version": ours.dumps({"v": 99, "e": {}}),
+        "signed, not JSON": ours.sign(b"{not json").decode(),
+        "signed but malformed": signed(ours, {"v": 1, "e": {"HTTP_HOST": 5}}),
+        "signed, unknown version": signed(ours, {"v": 99, "e": {}}),
     }
 
 
@@ -363,6 +370,7 @@ def test_forged_contexts_are_refused_and_the_worker_keeps_serving(live_app, live
     assert "request context is unsigned" in log
     assert "signature does not match: tampered, truncated or signed with another secret" in log
     assert "environ must map strings to strings" in log and "format version 99" in log
+    assert "payload is not valid JSON" in log
 
 
 def test_oversized_context_drops_the_form_and_still_runs(probe_app, caplog):

@@ -1,0 +1,221 @@
+"""CeleryWithContext in one process: capture, signing, eager runs, settings and limits."""
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import pytest
+from flask import g, request, url_for
+
+from app import create_app
+from app.celery_context import (
+    CONTEXT_HEADER,
+    ContextRefused,
+    ContextSettings,
+    _header_from,
+    capture_request,
+    sign_request_context,
+    verify_request_context,
+)
+from app.extensions import celery, csrf
+from config import TestingConfig
+
+
+@celery.task(bind=True)
+def which_request(self):
+    """The identity of the request the task runs in, and what it sees."""
+    return {"request_id": id(request._get_current_object()), "path": request.path,
+            "marker": g.get("marker"), "headers": dict(self.request.headers or {})}
+
+
+@celery.task
+def external_index_url():
+    return url_for("main.index", _external=True)
+
+
+@celery.task(bind=True, max_retries=1)
+def eager_retry(self):
+    if self.request.retries == 0:
+        raise self.retry(countdown=0, headers={"extra": "1"})
+    return request.host
+
+
+def make_app(app_environ, **overrides):
+    config = TestingConfig(app_environ)
+    for name, value in overrides.items():
+        setattr(config, name, value)
+    return create_app(config)
+
+
+def test_apply_inside_a_live_request_runs_in_that_request(app):
+    with app.test_request_context("/live/path"):
+        g.marker = "from the view"
+        outcome = which_request.apply().get()
+        assert outcome["request_id"] == id(request._get_current_object())
+        assert outcome["marker"] == "from the view"  # no second context: same g
+        assert outcome["path"] == "/live/path"
+
+
+def test_eager_mode_inside_a_request_needs_no_broker(app):
+    celery.conf.task_always_eager = True
+    try:
+        with app.test_request_context("/eager", base_url="https://eager.example/"):
+            assert which_request.delay().get()["path"] == "/eager"
+            assert eager_retry.delay().get() == "eager.example"  # retry merged headers=
+    finally:
+        celery.conf.task_always_eager = False
+
+
+def test_eager_apply_outside_a_request_carries_the_running_tasks_context(app):
+    with app.test_request_context("/origin", base_url="https://origin.example/"):
+        token = sign_request_context(app)
+    with app.app_context():
+        outcome = which_request.apply(headers={CONTEXT_HEADER: token}).get()
+    assert outcome["path"] == "/origin"
+
+
+def test_outside_a_request_links_use_server_name(app_environ):
+    app = make_app(app_environ, SERVER_NAME="blog.example.org", APPLICATION_ROOT="/blog",
+                   PREFERRED_URL_SCHEME="https")
+    with app.app_context():
+        assert external_index_url.apply().get() == "https://blog.example.org/blog/"
+
+
+def test_outside_a_request_without_server_name_the_error_names_it(app):
+    with app.app_context():
+        result = external_index_url.apply()
+    assert result.failed()
+    assert "SERVER_NAME" in str(result.result)
+
+
+def test_called_directly_outside_any_context_pushes_the_bound_app(app):
+    assert celery.flask_app is app
+    assert external_index_url.apply().failed()  # runs; fails only for want of SERVER_NAME
+
+
+def test_default_capture_drops_credentials(app):
+    settings = ContextSettings.from_config(app.config)
+    headers = {
+        "Cookie": "c", "Authorization": "a", "Proxy-Authorization": "p", "X-CSRFToken": "x",
+        "X-CSRF-Token": "x", "X-API-Key": "k", "X-Auth-Token": "t", "X-Session-Id": "s",
+        "Accept": "text/html", "X-Author": "kept",
+    }
+    with app.test_request_context("/c?page=2&api_key=k&next_token=t&author=me", method="POST", headers=headers,
+                                  data={"title": "t", "password": "p", "password2": "p", "csrf_token": "c",
+                                        "client_secret": "s", "author": "kept"}):
+        context = capture_request(settings)
+    carried = context["e"]
+    assert {k for k in carried if k.startswith("HTTP_")} == {"HTTP_HOST", "HTTP_ACCEPT", "HTTP_X_AUTHOR"}
+    assert carried["QUERY_STRING"] == "page=2&author=me"
+    assert "REQUEST_URI" not in carried
+    assert context["f"] == [["title", "t"], ["author", "kept"]]
+
+
+def test_scrubbing_is_configurable(app_environ):
+    app = make_app(app_environ, CELERY_CONTEXT_DROP_HEADERS=["X-Tenant"],
+                   CELERY_CONTEXT_SENSITIVE_PATTERN=r"^ssn$")
+    settings = ContextSettings.from_config(app.config)
+    with app.test_request_context("/c", method="POST", headers={"X-Tenant": "t", "Cookie": "c"},
+                                  data={"ssn": "123", "password": "kept by choice"}):
+        context = capture_request(settings)
+    assert "HTTP_X_TENANT" not in context["e"] and context["e"]["HTTP_COOKIE"] == "c"
+    assert context["f"] == [["password", "kept by choice"]]
+
+
+def test_token_signed_with_a_retired_key_verifies_through_fallbacks(app_environ):
+    old = make_app(app_environ, SECRET_KEY="the-old-secret-key-0123456789")
+    with old.test_request_context("/rotated"):
+        token = sign_request_context(old)
+    new = make_app(app_environ, SECRET_KEY="the-new-secret-key-0123456789",
+                   SECRET_KEY_FALLBACKS=["the-old-secret-key-0123456789"])
+    assert verify_request_context(new, token)["e"]["PATH_INFO"] == "/rotated"
+    stranger = make_app(app_environ, SECRET_KEY="the-new-secret-key-0123456789")
+    with pytest.raises(ContextRefused, match="signature does not match"):
+        verify_request_context(stranger, token)
+
+
+@pytest.mark.parametrize("token, reason", [
+    ("", "must be a signed string"),
+    (None, "must be a signed string"),
+    ('{"v":1,"e":{}}', "unsigned"),
+    ("abc.def", "signature does not match"),
+])
+def test_verify_names_the_problem(app, token, reason):
+    with pytest.raises(ContextRefused, match=reason):
+        verify_request_context(app, token)
+
+
+def test_oversized_body_is_dropped_first_and_logged_once(app_environ, caplog):
+    app = make_app(app_environ, CELERY_CONTEXT_MAX_BYTES=4096)
+    with caplog.at_level(logging.WARNING, logger="app.celery_context"):
+        with app.test_request_context("/big", method="POST", json={"text": "y" * 3000, "more": "z" * 2000}):
+            context = verify_request_context(app, sign_request_context(app))
+    assert "b" not in context and context["dropped"] == "body"
+    with caplog.at_level(logging.WARNING, logger="app.celery_context"):
+        with app.test_request_context("/big", method="POST", data={"text": "y" * 3000, "more": "z" * 2000}):
+            context = verify_request_context(app, sign_request_context(app))
+    assert "f" not in context and context["e"]["PATH_INFO"] == "/big"
+    assert len([r for r in caplog.records if "CELERY_CONTEXT_MAX_BYTES" in r.getMessage()]) == 1
+
+
+def test_huge_headers_are_dropped_next_and_a_huge_path_sends_no_context(app_environ, caplog):
+    app = make_app(app_environ, CELERY_CONTEXT_MAX_BYTES=4096)
+    with app.test_request_context("/h?q=1", headers={"X-Huge": "h" * 5000}):
+        context = verify_request_context(app, sign_request_context(app))
+    assert "HTTP_X_HUGE" not in context["e"] and context["e"]["HTTP_HOST"] == "localhost"
+    assert context["dropped"] == "headers"
+    with caplog.at_level(logging.WARNING, logger="app.celery_context"):
+        with app.test_request_context("/" + "p" * 5000):
+            assert sign_request_context(app) is None
+            result = which_request.apply_async(queue="unused-queue-for-size-test")  # still enqueues
+    assert result.id
+    assert any("sending the task without it" in r.getMessage() for r in caplog.records)
+
+
+def test_untrusted_host_is_refused_before_anything_is_enqueued(app_environ, redis_service):
+    app = make_app(app_environ, TRUSTED_HOSTS=["blog.example.org"])
+    sent = []
+
+    @csrf.exempt
+    def enqueue():
+        sent.append(which_request.apply_async(queue="trusted-hosts-test").id)
+        return "queued"
+
+    app.add_url_rule("/enqueue", view_func=enqueue, methods=["POST"])
+    client = app.test_client()
+    queue = redis_service.client()
+    queue.delete("trusted-hosts-test")
+    try:
+        refused = client.post("/enqueue", base_url="https://evil.example/")
+        assert refused.status_code == 400 and sent == [] and queue.llen("trusted-hosts-test") == 0
+        accepted = client.post("/enqueue", base_url="https://blog.example.org/")
+        assert accepted.status_code == 200 and len(sent) == 1 and queue.llen("trusted-hosts-test") == 1
+    finally:
+        queue.delete("trusted-hosts-test")
+
+
+def test_a_request_sends_its_context_once_for_many_tasks(app, mocker):
+    spy = mocker.spy(ContextSettings, "from_config")
+    capture = mocker.patch("app.celery_context.capture_request", wraps=capture_request)
+    with app.test_request_context("/many"):
+        for _ in range(3):
+            which_request.apply_async(queue="unused-queue-for-once-test")
+    assert capture.call_count == 1 and spy.call_count == 0
+    from app.extensions import celery as app_celery
+
+    with app_celery.connection_for_write() as connection:
+        connection.default_channel.client.delete("unused-queue-for-once-test")
+
+
+@pytest.mark.parametrize("holder", [
+    SimpleNamespace(**{CONTEXT_HEADER: "tok", "headers": None}),
+    SimpleNamespace(headers={CONTEXT_HEADER: "tok"}),
+    SimpleNamespace(headers={"headers": {CONTEXT_HEADER: "tok"}}),
+])
+def test_header_is_read_wherever_celery_or_tools_put_it(holder):
+    assert _header_from(holder) == "tok"
+
+
+def test_no_header_reads_as_none():
+    assert _header_from(SimpleNamespace(headers=None)) is None
+    assert _header_from(None) is None
