@@ -17,7 +17,7 @@ BASEDIR = Path(__file__).resolve().parent
 INSECURE_SECRET_KEY = "dev-insecure-secret-key-change-me"
 
 
-def _bool(value: str | None, default: bool = False) -> bool:
+def _bool(name: str, value: str | None, default: bool = False) -> bool:
     if value is None or value.strip() == "":
         return default
     text = value.strip().lower()
@@ -25,7 +25,7 @@ def _bool(value: str | None, default: bool = False) -> bool:
         return True
     if text in {"0", "false", "no", "off"}:
         return False
-    raise ValueError(f"expected a boolean (1/0, true/false, yes/no, on/off), found {value!r}")
+    raise ValueError(f"{name} must be a boolean (1/0, true/false, yes/no, on/off), found {value!r}")
 
 
 def _int(name: str, value: str | None, default: int) -> int:
@@ -88,8 +88,8 @@ class Config:
         self.MAIL_SERVER = get("MAIL_SERVER") or "127.0.0.1"
         # Without MAIL_SERVER, mail goes to the local sink `make run` starts.
         self.MAIL_PORT = _int("MAIL_PORT", get("MAIL_PORT"), 25 if get("MAIL_SERVER") else 8025)
-        self.MAIL_USE_TLS = _bool(get("MAIL_USE_TLS"))
-        self.MAIL_USE_SSL = _bool(get("MAIL_USE_SSL"))
+        self.MAIL_USE_TLS = _bool("MAIL_USE_TLS", get("MAIL_USE_TLS"))
+        self.MAIL_USE_SSL = _bool("MAIL_USE_SSL", get("MAIL_USE_SSL"))
         self.MAIL_USERNAME = get("MAIL_USERNAME") or None
         self.MAIL_PASSWORD = get("MAIL_PASSWORD") or None
         self.MAIL_DEFAULT_SENDER = get("MAIL_DEFAULT_SENDER") or "Microblog <noreply@microblog.localhost>"
@@ -109,6 +109,7 @@ class DevelopmentConfig(Config):
 
 
 class TestingConfig(Config):
+    __test__ = False  # a config class, not a pytest test class
     TESTING = True
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:

@@ -162,7 +162,8 @@ def capture_request(settings: ContextSettings) -> dict[str, Any]:
     for key in _CARRIED_ENVIRON_KEYS:
         value = environ.get(key)
         if value is not None:
-            carried[key] = value
+            # WSGI says str, but servers differ (werkzeug's REMOTE_PORT is an int).
+            carried[key] = value if isinstance(value, str) else str(value)
 
     query = carried.get("QUERY_STRING")
     if query and settings.sensitive is not None and settings.sensitive.search(query):

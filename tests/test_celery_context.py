@@ -111,6 +111,13 @@ def test_default_capture_drops_credentials(app):
     assert context["f"] == [["title", "t"], ["author", "kept"]]
 
 
+def test_non_string_environ_values_from_servers_are_carried_as_strings(app):
+    with app.test_request_context("/port", environ_base={"REMOTE_PORT": 54321, "REMOTE_ADDR": "192.0.2.1"}):
+        token = sign_request_context(app)
+    carried = verify_request_context(app, token)["e"]
+    assert carried["REMOTE_PORT"] == "54321" and carried["REMOTE_ADDR"] == "192.0.2.1"
+
+
 def test_scrubbing_is_configurable(app_environ):
     app = make_app(app_environ, CELERY_CONTEXT_DROP_HEADERS=["X-Tenant"],
                    CELERY_CONTEXT_SENSITIVE_PATTERN=r"^ssn$")

@@ -31,7 +31,9 @@ class RegistrationForm(FlaskForm):
     submit = SubmitField("Register")
 
     def validate_username(self, username: StringField) -> None:
-        taken = db.session.scalar(sa.select(User.id).where(User.username == username.data))
+        taken = db.session.scalar(
+            sa.select(User.id).where(sa.func.lower(User.username) == username.data.lower())
+        )
         if taken is not None:
             raise ValidationError("That username is taken; please choose another.")
 
