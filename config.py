@@ -82,6 +82,15 @@ class Config:
         self.CELERY_TASK_SOFT_TIME_LIMIT = _int(
             "CELERY_TASK_SOFT_TIME_LIMIT", get("CELERY_TASK_SOFT_TIME_LIMIT"), 3300
         )
+        # What CeleryWithContext carries to the worker; unset means the safe defaults
+        # documented in app/celery_context.py and the README.
+        self.CELERY_CONTEXT_MAX_BYTES = _int(
+            "CELERY_CONTEXT_MAX_BYTES", get("CELERY_CONTEXT_MAX_BYTES"), 64 * 1024
+        )
+        if get("CELERY_CONTEXT_DROP_HEADERS") is not None:
+            self.CELERY_CONTEXT_DROP_HEADERS = _list(get("CELERY_CONTEXT_DROP_HEADERS")) or []
+        if get("CELERY_CONTEXT_SENSITIVE_PATTERN") is not None:
+            self.CELERY_CONTEXT_SENSITIVE_PATTERN = get("CELERY_CONTEXT_SENSITIVE_PATTERN")
         #: Extra Celery settings (lower-case Celery names), merged last.
         self.CELERY: dict = {}
 

@@ -118,9 +118,13 @@ class ContextSettings:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ContextSettings:
-        headers = config.get("CELERY_CONTEXT_DROP_HEADERS", DEFAULT_DROP_HEADERS)
-        pattern = config.get("CELERY_CONTEXT_SENSITIVE_PATTERN", DEFAULT_SENSITIVE_PATTERN)
-        max_bytes = int(config.get("CELERY_CONTEXT_MAX_BYTES", DEFAULT_MAX_BYTES))
+        headers = config.get("CELERY_CONTEXT_DROP_HEADERS")
+        pattern = config.get("CELERY_CONTEXT_SENSITIVE_PATTERN")
+        max_bytes = int(config.get("CELERY_CONTEXT_MAX_BYTES") or DEFAULT_MAX_BYTES)
+        if headers is None:
+            headers = DEFAULT_DROP_HEADERS
+        if pattern is None:
+            pattern = DEFAULT_SENSITIVE_PATTERN
         if max_bytes < 1024:
             raise ValueError(f"CELERY_CONTEXT_MAX_BYTES must be at least 1024, found {max_bytes}")
         return cls(

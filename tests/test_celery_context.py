@@ -129,6 +129,16 @@ def test_scrubbing_is_configurable(app_environ):
     assert context["f"] == [["password", "kept by choice"]]
 
 
+def test_scrubbing_settings_come_from_the_environment(app_environ):
+    config = TestingConfig({**app_environ, "CELERY_CONTEXT_DROP_HEADERS": "X-Tenant, X-Other",
+                            "CELERY_CONTEXT_SENSITIVE_PATTERN": "", "CELERY_CONTEXT_MAX_BYTES": "2048"})
+    settings = ContextSettings.from_config(create_app(config).config)
+    assert settings.drop_headers == {"HTTP_X_TENANT", "HTTP_X_OTHER"}
+    assert settings.sensitive is None and settings.max_bytes == 2048
+    defaults = ContextSettings.from_config(create_app(TestingConfig(app_environ)).config)
+    assert "HTTP_COOKIE" in defaults.drop_headers and defaults.is_sensitive("password2")
+
+
 def test_token_signed_with_a_retired_key_verifies_through_fallbacks(app_environ):
     old = make_app(app_environ, SECRET_KEY="the-old-secret-key-0123456789")
     with old.test_request_context("/rotated"):
