@@ -103,9 +103,17 @@ class Config:
         self.MAIL_PASSWORD = get("MAIL_PASSWORD") or None
         self.MAIL_DEFAULT_SENDER = get("MAIL_DEFAULT_SENDER") or "Microblog <noreply@microblog.localhost>"
         self.MAIL_SINK_DIR = get("MAIL_SINK_DIR") or str(instance / "mail")
+        # Flask-Mail would suppress sending whenever TESTING is on; tests use a real server.
+        self.MAIL_SUPPRESS_SEND = _bool("MAIL_SUPPRESS_SEND", get("MAIL_SUPPRESS_SEND"))
 
         self.EXPORTS_DIR = get("EXPORTS_DIR") or str(instance / "exports")
+        self.EXPORT_RETENTION_DAYS = _int("EXPORT_RETENTION_DAYS", get("EXPORT_RETENTION_DAYS"), 7)
+        self.MAIL_MAX_ATTACHMENT_BYTES = _int(
+            "MAIL_MAX_ATTACHMENT_BYTES", get("MAIL_MAX_ATTACHMENT_BYTES"), 5 * 1024 * 1024
+        )
         self.POSTS_PER_PAGE = _int("POSTS_PER_PAGE", get("POSTS_PER_PAGE"), 25)
+        #: How often the progress bars ask the server for news.
+        self.TASK_POLL_INTERVAL_MS = _int("TASK_POLL_INTERVAL_MS", get("TASK_POLL_INTERVAL_MS"), 1000)
 
         self.WTF_CSRF_ENABLED = True
         self.SESSION_COOKIE_HTTPONLY = True

@@ -579,6 +579,9 @@ def celery_settings(config: Mapping[str, Any]) -> dict[str, Any]:
         "worker_hijack_root_logger": True,
         "enable_utc": True,
         "timezone": "UTC",
+        "beat_schedule": {
+            "cleanup-exports": {"task": "app.tasks.cleanup_exports", "schedule": 3600.0},
+        },
     }
     settings.update(config.get("CELERY") or {})
     return settings

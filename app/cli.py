@@ -1,4 +1,4 @@
-"""Flask CLI commands: ``flask seed-posts USERNAME COUNT``."""
+"""Flask CLI commands: ``flask seed-posts USERNAME COUNT``, ``flask cleanup-exports``."""
 from __future__ import annotations
 
 import time
@@ -44,3 +44,14 @@ def register_cli(app: Flask) -> None:
         began = time.perf_counter()
         inserted = seed_posts(user, count, batch_size)
         click.echo(f"Inserted {inserted} posts for {username} in {time.perf_counter() - began:.1f}s")
+
+    @app.cli.command("cleanup-exports")
+    def cleanup_exports_command() -> None:
+        """Remove exports older than EXPORT_RETENTION_DAYS and fail stuck tasks."""
+        from app.exports import cleanup_exports
+
+        report = cleanup_exports()
+        click.echo(
+            f"Removed {report.files_removed} expired export(s) and {report.temporary_files_removed} "
+            f"temporary file(s); marked {report.stale_tasks_failed} stuck task(s) as failed"
+        )

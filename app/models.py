@@ -61,6 +61,16 @@ class User(UserMixin, db.Model):
     def launch_task(self, celery_task, description: str, *args) -> Task:
         return launch_task(self, celery_task, description, *args)
 
+    def task_in_progress(self, name: str) -> Task | None:
+        return db.session.scalar(
+            self.tasks.select().where(Task.name == name, Task.finished.is_(None))
+        )
+
+    def tasks_in_progress(self) -> list[Task]:
+        return list(db.session.scalars(
+            self.tasks.select().where(Task.finished.is_(None)).order_by(Task.created)
+        ))
+
     def posts_select(self) -> sa.Select:
         return self.posts.select().order_by(Post.timestamp.desc(), Post.id.desc())
 
@@ -82,6 +92,9 @@ class Post(db.Model):
     user_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("user.id", ondelete="CASCADE"), index=True)
 
     author: so.Mapped[User] = so.relationship(back_populates="posts")
+
+    # A user's posts in time order without a sort: profiles and exports read this way.
+    __table_args__ = (sa.Index("ix_post_user_timeline", "user_id", "timestamp", "id"),)
 
     def __repr__(self) -> str:
         return f"<Post {self.id} by {self.user_id}>"
@@ -119,6 +132,16 @@ class Task(db.Model):
 
     __table_args__ = (
         sa.CheckConstraint("progress >= 0 AND progress <= 100", name="ck_task_progress_range"),
+        # At most one unfinished task of a kind per user, enforced by the database so
+        # that two requests arriving at the same instant cannot both start one.
+        sa.Index(
+            "uq_task_one_running_per_user",
+            "user_id",
+            "name",
+            unique=True,
+            sqlite_where=sa.text("finished IS NULL"),
+            postgresql_where=sa.text("finished IS NULL"),
+        ),
     )
 
     def __repr__(self) -> str:
@@ -126,11 +149,34 @@ class Task(db.Model):
 
     @property
     def is_running(self) -> bool:
-        return self.state in TaskState.RUNNING
+        return self.finished is None
 
 
 class TaskNotStarted(RuntimeError):
     """The broker refused or could not be reached: the job was not enqueued."""
+
+
+class TaskAlreadyRunning(RuntimeError):
+    """The user already has an unfinished task of this kind."""
+
+
+class AuditEvent(db.Model):
+    """Who did what, from which address and host; written by an after_request hook."""
+
+    __tablename__ = "audit_event"
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    user_id: so.Mapped[int | None] = so.mapped_column(sa.ForeignKey("user.id", ondelete="CASCADE"), index=True)
+    action: so.Mapped[str] = so.mapped_column(sa.String(64))
+    detail: so.Mapped[str | None] = so.mapped_column(sa.String(512))
+    method: so.Mapped[str] = so.mapped_column(sa.String(10))
+    path: so.Mapped[str] = so.mapped_column(sa.String(512))
+    host: so.Mapped[str] = so.mapped_column(sa.String(255))
+    remote_addr: so.Mapped[str | None] = so.mapped_column(sa.String(64))
+    user_agent: so.Mapped[str | None] = so.mapped_column(sa.String(255))
+    task_id: so.Mapped[str | None] = so.mapped_column(sa.String(36))
+    via_worker: so.Mapped[bool] = so.mapped_column(default=False)
+    created: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow, index=True)
 
 
 def launch_task(user: User, celery_task, description: str, *args) -> Task:
@@ -148,7 +194,13 @@ def launch_task(user: User, celery_task, description: str, *args) -> Task:
         state=TaskState.PENDING,
     )
     db.session.add(row)
-    db.session.commit()
+    try:
+        db.session.commit()
+    except sa.exc.IntegrityError:
+        db.session.rollback()
+        if user.task_in_progress(row.name) is None:
+            raise  # not the one-running-task rule: a real integrity problem
+        raise TaskAlreadyRunning(f"You already have a {row.name.replace('_', ' ')} task in progress.") from None
     try:
         celery_task.apply_async(args=args, task_id=row.id)
     except Exception as exc:

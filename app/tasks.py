@@ -1,4 +1,4 @@
-"""Celery tasks: thin wrappers that look up their Task row and call plain functions."""
+"""Celery tasks: thin wrappers that call plain functions and report."""
 from __future__ import annotations
 
 from app.extensions import celery, db
@@ -23,3 +23,30 @@ def ping(self) -> str:
     """Answer "pong" and mark the Task row done: proves the worker reaches the database."""
     finish_task(self.request.id)
     return "pong"
+
+
+@celery.task(bind=True)
+def export_posts(self, user_id: int) -> str:
+    """Export a user's posts to a file and email them the links (runs in their request)."""
+    from app.exports import run_export
+
+    return run_export(self.request.id, user_id, celery_task=self)
+
+
+@celery.task
+def cleanup_exports() -> dict:
+    """Remove expired exports (celery beat runs this hourly; ``flask cleanup-exports`` too)."""
+    from dataclasses import asdict
+
+    from app.exports import cleanup_exports as cleanup
+
+    return asdict(cleanup())
+
+
+@celery.task
+def send_email_task(subject: str, recipients: list[str], text_body: str, html_body: str,
+                    attachments: list[dict]) -> None:
+    from app.email import decode_attachment, send_email
+
+    send_email(subject, recipients, text_body, html_body,
+               [decode_attachment(a) for a in attachments], sync=True)

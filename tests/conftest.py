@@ -17,6 +17,8 @@ from devservers.smtp_sink import start_sink
 from tests.support.services import ROOT, RedisService, WorkerProcess
 
 TEST_SECRET_KEY = "test-secret-key-0123456789abcdef"
+#: The live stack attaches exports up to 100 kB, so "too large" needs only a few thousand posts.
+LIVE_MAX_ATTACHMENT_BYTES = 100_000
 CSRF_FIELD = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')
 
 
@@ -93,13 +95,25 @@ def runner(app):
 
 
 class AuthActions:
-    """Register, log in and out through the real forms, CSRF token included."""
+    """Register, log in and out through the real forms, CSRF token included.
 
-    def __init__(self, client) -> None:
+    ``base_url`` is the scheme and host every request uses, as a browser on that site.
+    """
+
+    def __init__(self, client, base_url: str = "http://localhost/") -> None:
         self.client = client
+        self.base_url = base_url
+
+    def get(self, path: str, **kw):
+        return self.client.get(path, base_url=self.base_url, **kw)
+
+    def post(self, path: str, **kw):
+        # Browsers send a same-origin Referer; Flask-WTF requires it on HTTPS.
+        headers = {"Referer": self.base_url, **kw.pop("headers", {})}
+        return self.client.post(path, base_url=self.base_url, headers=headers, **kw)
 
     def csrf_token(self, path: str = "/auth/login") -> str:
-        return csrf_token_in(self.client.get(path).get_data(as_text=True))
+        return csrf_token_in(self.get(path).get_data(as_text=True))
 
     def register(self, username="susan", email=None, password="correct horse", password2=None, **kw):
         data = {
@@ -109,11 +123,11 @@ class AuthActions:
             "password2": password if password2 is None else password2,
             "csrf_token": self.csrf_token("/auth/register"),
         }
-        return self.client.post("/auth/register", data=data, **kw)
+        return self.post("/auth/register", data=data, **kw)
 
     def login(self, username="susan", password="correct horse", **kw):
         data = {"username": username, "password": password, "csrf_token": self.csrf_token()}
-        return self.client.post("/auth/login", data=data, **kw)
+        return self.post("/auth/login", data=data, **kw)
 
     def signup(self, username="susan", password="correct horse"):
         """Register and log in; return the login response."""
@@ -122,13 +136,13 @@ class AuthActions:
         return self.login(username, password)
 
     def logout(self):
-        token = csrf_token_in(self.client.get("/").get_data(as_text=True))
-        return self.client.post("/auth/logout", data={"csrf_token": token})
+        token = csrf_token_in(self.get("/").get_data(as_text=True))
+        return self.post("/auth/logout", data={"csrf_token": token})
 
     def post_form(self, path: str, data: dict | None = None, page: str = "/", **kw):
         """POST a form with the CSRF token taken from ``page``."""
-        token = csrf_token_in(self.client.get(page).get_data(as_text=True))
-        return self.client.post(path, data={**(data or {}), "csrf_token": token}, **kw)
+        token = csrf_token_in(self.get(page).get_data(as_text=True))
+        return self.post(path, data={**(data or {}), "csrf_token": token}, **kw)
 
 
 @pytest.fixture
@@ -159,6 +173,7 @@ def live_stack(tmp_path_factory, redis_service, smtp_server):
     """A database built by ``flask db upgrade`` and a Celery worker process using it."""
     directory = tmp_path_factory.mktemp("live")
     environ = base_environ(directory, redis_service, smtp_server, f"sqlite:///{directory / 'live.db'}")
+    environ["MAIL_MAX_ATTACHMENT_BYTES"] = str(LIVE_MAX_ATTACHMENT_BYTES)
     process_env = {
         **os.environ, **environ, "FLASK_SKIP_DOTENV": "1", "PYTHONUNBUFFERED": "1",
         "PROBE_HOOK_LOG": str(directory / "hooks.jsonl"),

@@ -8,13 +8,13 @@ from app.errors import bp
 from app.extensions import db
 
 
-def _wants_json() -> bool:
+def wants_json() -> bool:
     best = request.accept_mimetypes.best_match(["application/json", "text/html"])
     return best == "application/json" and request.accept_mimetypes[best] > request.accept_mimetypes["text/html"]
 
 
 def error_response(status: int, title: str, message: str, headers: list[tuple[str, str]] | None = None):
-    if _wants_json():
+    if wants_json():
         return jsonify(error=title, message=message), status, headers
     if request_ctx.url_adapter is None:
         # The Host was refused before routing: no URL, so no page in the layout, can be built.

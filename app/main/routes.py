@@ -1,11 +1,15 @@
 import sqlalchemy as sa
-from flask import abort, current_app, flash, jsonify, redirect, render_template, request, url_for
+from flask import abort, current_app, flash, jsonify, redirect, render_template, request, send_file, url_for
 from flask_login import current_user, login_required
 
+from app import audit
+from app.exports import EXPORT_TASK_NAME, export_path
 from app.extensions import db
+from app.errors.handlers import wants_json
 from app.main import bp
 from app.main.forms import EmptyForm, PostForm
-from app.models import Post, Task, TaskNotStarted, User
+from app.models import AuditEvent, Post, Task, TaskAlreadyRunning, TaskNotStarted, User
+from app.tasks import export_posts as export_posts_task
 from app.tasks import ping
 
 
@@ -42,31 +46,69 @@ def user(username: str):
     posts = db.paginate(
         profile.posts_select(), page=_page(), per_page=current_app.config["POSTS_PER_PAGE"], error_out=False
     )
-    return render_template("user.html", title=profile.username, user=profile, posts=posts)
+    return render_template("user.html", title=profile.username, user=profile, posts=posts, form=EmptyForm())
+
+
+def _launch(celery_task, description: str, *args, back: str):
+    """Start a tracked task for the current user; flash what happened and go ``back``."""
+    if not EmptyForm().validate_on_submit():
+        abort(400)
+    try:
+        task = current_user.launch_task(celery_task, description, *args)
+    except TaskAlreadyRunning as exc:
+        return _refused(str(exc), "warning", 409, back)
+    except TaskNotStarted as exc:
+        return _refused(f"{exc} Please try again in a moment.", "danger", 503, back)
+    return task
+
+
+def _refused(message: str, category: str, status: int, back: str):
+    """Browsers go back with a flash message; JSON clients get the status and reason."""
+    if wants_json():
+        return jsonify(error=message), status
+    flash(message, category)
+    return redirect(back)
 
 
 @bp.route("/ping", methods=["POST"])
 @login_required
 def send_ping():
     """Send a trivial task to the worker: shows the broker and worker are alive."""
-    if not EmptyForm().validate_on_submit():
-        abort(400)
-    try:
-        task = current_user.launch_task(ping, "Ping the worker")
-    except TaskNotStarted as exc:
-        flash(str(exc), "danger")
-        return redirect(url_for("main.index")), 503
-    flash(f"Ping sent to the worker (task {task.id}).", "info")
+    outcome = _launch(ping, "Ping the worker", back=url_for("main.index"))
+    if not isinstance(outcome, Task):
+        return outcome
+    flash(f"Ping sent to the worker (task {outcome.id}).", "info")
     return redirect(url_for("main.index"))
+
+
+@bp.route("/export_posts", methods=["POST"])
+@login_required
+def export_posts():
+    back = url_for("main.user", username=current_user.username)
+    outcome = _launch(export_posts_task, "Exporting posts...", current_user.id, back=back)
+    if not isinstance(outcome, Task):
+        return outcome
+    audit.record("export_posts_requested")
+    flash("Your export has started. You can keep browsing; we will email you when it is ready.", "info")
+    return redirect(back)
+
+
+def _own_task_or_404(task_id: str) -> Task:
+    task = db.session.get(Task, task_id)
+    if task is None or task.user_id != current_user.id:
+        abort(404)
+    return task
 
 
 @bp.route("/tasks/<task_id>")
 @login_required
 def task_status(task_id: str):
     """A task's state as JSON; other users' tasks do not exist for you (404)."""
-    task = db.session.get(Task, task_id)
-    if task is None or task.user_id != current_user.id:
-        abort(404)
+    task = _own_task_or_404(task_id)
+    path = export_path(task)
+    download_url = (
+        url_for("main.download_export", task_id=task.id) if path is not None and path.exists() else None
+    )
     return jsonify(
         id=task.id,
         name=task.name,
@@ -74,5 +116,34 @@ def task_status(task_id: str):
         state=task.state,
         progress=task.progress,
         error=task.error,
-        download_url=None,
+        download_url=download_url,
     )
+
+
+@bp.route("/exports/<task_id>")
+@login_required
+def download_export(task_id: str):
+    """The export file, as an attachment; 410 Gone once it has expired."""
+    task = _own_task_or_404(task_id)
+    if task.name != EXPORT_TASK_NAME:
+        abort(404)
+    path = export_path(task)
+    if path is None:
+        abort(409, description="This export is not ready yet; watch its progress bar or wait for the email.")
+    if not path.exists():
+        abort(410, description="This export has expired and its file was removed. Start a new export "
+                               "from your profile page.")
+    return send_file(path, mimetype="application/json", as_attachment=True,
+                     download_name=f"{current_user.username}-posts.json", max_age=0)
+
+
+@bp.route("/activity")
+@login_required
+def activity():
+    """The user's own audit trail: what was done on their account, and from where."""
+    events = db.paginate(
+        sa.select(AuditEvent).where(AuditEvent.user_id == current_user.id)
+        .order_by(AuditEvent.created.desc(), AuditEvent.id.desc()),
+        page=_page(), per_page=50, error_out=False,
+    )
+    return render_template("activity.html", title="Account activity", events=events)

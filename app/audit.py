@@ -1,0 +1,46 @@
+"""An audit trail of who did what, from which address, written by an after_request hook.
+
+A view, or a task running in its replayed request, calls :func:`record`; the hook
+writes the events when the response is finished, with the request's user, method,
+path, host and client address, and whether it ran in a worker.
+"""
+from __future__ import annotations
+
+from celery import current_task
+from flask import Flask, Response, g, request
+from flask_login import current_user
+
+from app.extensions import db
+from app.models import AuditEvent
+
+
+def record(action: str, detail: str | None = None) -> None:
+    """Have this request's after_request hook write an audit event."""
+    g.setdefault("audit_events", []).append((action, detail))
+
+
+def init_app(app: Flask) -> None:
+    app.after_request(write_audit_events)
+
+
+def write_audit_events(response: Response) -> Response:
+    events = g.pop("audit_events", None)
+    if not events:
+        return response
+    task = current_task._get_current_object()
+    user_id = current_user.id if current_user.is_authenticated else None
+    for action, detail in events:
+        db.session.add(AuditEvent(
+            user_id=user_id,
+            action=action,
+            detail=detail,
+            method=request.method,
+            path=request.path[:512],
+            host=request.host[:255],
+            remote_addr=request.remote_addr,
+            user_agent=(request.user_agent.string or None) and request.user_agent.string[:255],
+            task_id=task.request.id if task is not None else None,
+            via_worker=task is not None and not (task.request.called_directly or task.request.is_eager),
+        ))
+    db.session.commit()
+    return response

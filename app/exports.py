@@ -1,0 +1,260 @@
+"""Exporting a user's posts to a JSON file: streamed, so memory stays flat at any size."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import sqlalchemy as sa
+from flask import current_app
+
+from app.extensions import db
+from app.models import Post, Task, TaskState, utcnow
+
+EXPORT_TASK_NAME = "export_posts"
+_encode_string = json.JSONEncoder(ensure_ascii=False).encode
+_STREAM_BATCH = 2000
+
+
+class ExportFailed(Exception):
+    """An export could not be completed; the message is fit to show the user."""
+
+
+def exports_dir() -> Path:
+    return Path(current_app.config["EXPORTS_DIR"])
+
+
+def export_path(task: Task) -> Path | None:
+    """Where the finished file of an export task lives, if it has one."""
+    if task.name != EXPORT_TASK_NAME or not task.result_location:
+        return None
+    return exports_dir() / task.result_location
+
+
+def export_file_name(task_id: str) -> str:
+    return f"posts-{task_id}.json"
+
+
+def _iso_timestamp_column() -> sa.ColumnElement[str]:
+    """The post's UTC timestamp as ``2026-11-22T08:00:00Z``, formatted by the database."""
+    if db.engine.dialect.name == "sqlite":
+        return sa.func.strftime("%Y-%m-%dT%H:%M:%SZ", Post.timestamp)
+    if db.engine.dialect.name == "postgresql":
+        return sa.func.to_char(Post.timestamp, 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+    raise ExportFailed(f"exports do not support the {db.engine.dialect.name} database yet")
+
+
+def write_posts_export(user_id: int, destination: Path, progress: Callable[[int, int], None]) -> int:
+    """Write the user's posts, oldest first, as ``{"posts": [...]}`` to ``destination``.
+
+    Rows are streamed from the database and written one at a time, into a temporary
+    name renamed when complete: a reader never sees half a file. ``progress(done,
+    total)`` is called for every post; it decides itself how often to report.
+    """
+    total = db.session.scalar(sa.select(sa.func.count(Post.id)).where(Post.user_id == user_id)) or 0
+    rows = db.session.execute(
+        sa.select(Post.body, _iso_timestamp_column())
+        .where(Post.user_id == user_id)
+        .order_by(Post.timestamp, Post.id)
+        .execution_options(yield_per=_STREAM_BATCH)
+    )
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    temporary = destination.with_name(f".{destination.name}.{os.getpid()}.tmp")
+    done = 0
+    try:
+        with open(temporary, "w", encoding="utf-8") as out:
+            out.write('{"posts": [')
+            separator = ""
+            for body, timestamp in rows:
+                out.write(f'{separator}{{"body": {_encode_string(body)}, "timestamp": "{timestamp}"}}')
+                separator = ", "
+                done += 1
+                progress(done, total)
+            out.write("]}\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, destination)
+    except BaseException:
+        rows.close()
+        temporary.unlink(missing_ok=True)
+        raise
+    progress(done, done)
+    return done
+
+
+class ProgressReporter:
+    """Records progress on the Task row and in Celery's state, at most once per
+    percent and half-second (and always at 100), never once per post."""
+
+    def __init__(self, task_id: str, celery_task=None, min_interval: float = 0.5) -> None:
+        self.task_id = task_id
+        self.celery_task = celery_task
+        self.min_interval = min_interval
+        self.percent = -1
+        self.reported_at = float("-inf")
+        self.reports = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        percent = 100 if total <= 0 else min(100, done * 100 // total)
+        if percent == self.percent:
+            return
+        now = time.monotonic()
+        if percent < 100 and now - self.reported_at < self.min_interval:
+            return
+        self.percent, self.reported_at = percent, now
+        self.record(percent)
+
+    def record(self, percent: int) -> None:
+        self.reports += 1
+        # A connection of its own: the export's read transaction stays open meanwhile.
+        with db.engine.begin() as connection:
+            connection.execute(
+                sa.update(Task)
+                .where(Task.id == self.task_id, Task.finished.is_(None))
+                .values(progress=percent, state=TaskState.PROGRESS)
+            )
+        if self.celery_task is not None and self.task_id:
+            self.celery_task.update_state(task_id=self.task_id, state=TaskState.PROGRESS,
+                                          meta={"progress": percent})
+
+
+@dataclass
+class CleanupReport:
+    files_removed: int = 0
+    temporary_files_removed: int = 0
+    stale_tasks_failed: int = 0
+
+
+def cleanup_exports(now: datetime | None = None) -> CleanupReport:
+    """Remove exports older than ``EXPORT_RETENTION_DAYS``, stray temporary files, and
+    fail tasks that have been "running" far longer than any task may run."""
+    now = now or utcnow()
+    report = CleanupReport()
+    retention = timedelta(days=current_app.config["EXPORT_RETENTION_DAYS"])
+    expired = db.session.scalars(
+        sa.select(Task).where(
+            Task.name == EXPORT_TASK_NAME, Task.result_location.is_not(None), Task.finished < now - retention
+        )
+    )
+    for task in expired:
+        path = export_path(task)
+        if path is not None and path.exists():
+            path.unlink()
+            report.files_removed += 1
+    directory = exports_dir()
+    if directory.is_dir():
+        for stray in directory.glob(".*.tmp"):
+            if stray.stat().st_mtime < now.timestamp() - 24 * 3600:
+                stray.unlink(missing_ok=True)
+                report.temporary_files_removed += 1
+    limit = timedelta(seconds=current_app.config["CELERY_TASK_TIME_LIMIT"] + 600)
+    stale = db.session.scalars(sa.select(Task).where(Task.finished.is_(None), Task.created < now - limit))
+    for task in stale:
+        task.state = TaskState.FAILURE
+        task.error = "The task did not finish in time and was stopped. Please try again."
+        task.finished = now
+        report.stale_tasks_failed += 1
+    db.session.commit()
+    return report
+
+
+def send_export_email(user, task: Task, path: Path, count: int) -> bool:
+    """Email the user their links (and the file when small enough); True if attached."""
+    from flask import render_template, url_for
+
+    from app.email import Attachment, send_email
+
+    size = path.stat().st_size
+    attach = size <= current_app.config["MAIL_MAX_ATTACHMENT_BYTES"]
+    context = dict(
+        user=user,
+        count=count,
+        size=size,
+        attached=attach,
+        download_url=url_for("main.download_export", task_id=task.id, _external=True),
+        profile_url=url_for("main.user", username=user.username, _external=True),
+        retention_days=current_app.config["EXPORT_RETENTION_DAYS"],
+    )
+    attachments = [Attachment(f"{user.username}-posts.json", "application/json", path.read_bytes())] if attach else []
+    send_email(
+        "[Microblog] Your posts are ready",
+        [user.email],
+        render_template("email/export_posts.txt", **context),
+        render_template("email/export_posts.html", **context),
+        attachments=attachments,
+        sync=True,
+    )
+    return attach
+
+
+def run_export(task_id: str, user_id: int, celery_task=None) -> str:
+    """The whole job: write the file, email the user, record it. Idempotent by the
+    Task row: an export already finished is not written or emailed again. Any
+    failure ends the row in FAILURE with a message fit for the user, and re-raises."""
+    from app.models import User
+    from app.tasks import finish_task
+
+    task = db.session.get(Task, task_id)
+    if task is None:
+        current_app.logger.warning("Export %s has no Task row; nothing to do", task_id)
+        return "missing"
+    if task.finished is not None:
+        current_app.logger.info("Export %s already ended in %s; not running it again", task_id, task.state)
+        return "already done"
+    user = db.session.get(User, user_id)
+    if user is None or task.user_id != user_id:
+        finish_task(task_id, error="The account for this export no longer exists.")
+        return "no user"
+    task.state = TaskState.STARTED
+    db.session.commit()
+    try:
+        return _export_and_notify(task_id, user, celery_task)
+    except Exception as exc:
+        db.session.rollback()
+        current_app.logger.exception("Export %s for %s failed", task_id, user)
+        finish_task(task_id, error=_message_for_user(exc))
+        raise
+
+
+class ExportWriteError(ExportFailed):
+    pass
+
+
+class ExportEmailError(ExportFailed):
+    pass
+
+
+def _message_for_user(exc: Exception) -> str:
+    if isinstance(exc, ExportWriteError):
+        return "We could not write your export file. Please try again later."
+    if isinstance(exc, ExportEmailError):
+        return ("Your export is ready to download from this site, "
+                "but we could not send you the email about it.")
+    return "Something went wrong while exporting your posts. Please try again later."
+
+
+def _export_and_notify(task_id: str, user, celery_task) -> str:
+    from app import audit
+    from app.tasks import finish_task
+
+    name = export_file_name(task_id)
+    destination = exports_dir() / name
+    try:
+        count = write_posts_export(user.id, destination, ProgressReporter(task_id, celery_task))
+    except OSError as exc:
+        raise ExportWriteError(f"could not write {destination}: {exc}") from exc
+    task = db.session.get(Task, task_id)
+    task.result_location = name
+    db.session.commit()
+    try:
+        attached = send_export_email(user, task, destination, count)
+    except Exception as exc:
+        raise ExportEmailError(f"could not email {user.email}: {exc}") from exc
+    audit.record("export_posts", f"{count} posts, {destination.stat().st_size} bytes, "
+                                 f"{'attached' if attached else 'link only'}")
+    finish_task(task_id)
+    return name
