@@ -37,6 +37,15 @@ def _int(name: str, value: str | None, default: int) -> int:
         raise ValueError(f"{name} must be an integer, found {value!r}") from None
 
 
+def _float(name: str, value: str | None, default: float) -> float:
+    if value is None or value.strip() == "":
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, found {value!r}") from None
+
+
 def _list(value: str | None) -> list[str] | None:
     if value is None or value.strip() == "":
         return None
@@ -106,6 +115,11 @@ class Config:
         # Flask-Mail would suppress sending whenever TESTING is on; tests use a real server.
         self.MAIL_SUPPRESS_SEND = _bool("MAIL_SUPPRESS_SEND", get("MAIL_SUPPRESS_SEND"))
 
+        self.WELCOME_EMAIL_DELAY = _int("WELCOME_EMAIL_DELAY", get("WELCOME_EMAIL_DELAY"), 60)
+        # Transient SMTP errors are retried: attempts in all, and the backoff's base and cap (s).
+        self.MAIL_RETRY_ATTEMPTS = _int("MAIL_RETRY_ATTEMPTS", get("MAIL_RETRY_ATTEMPTS"), 6)
+        self.MAIL_RETRY_BACKOFF = _float("MAIL_RETRY_BACKOFF", get("MAIL_RETRY_BACKOFF"), 30.0)
+        self.MAIL_RETRY_BACKOFF_MAX = _float("MAIL_RETRY_BACKOFF_MAX", get("MAIL_RETRY_BACKOFF_MAX"), 1800.0)
         self.EXPORTS_DIR = get("EXPORTS_DIR") or str(instance / "exports")
         self.EXPORT_RETENTION_DAYS = _int("EXPORT_RETENTION_DAYS", get("EXPORT_RETENTION_DAYS"), 7)
         self.MAIL_MAX_ATTACHMENT_BYTES = _int(
@@ -135,6 +149,7 @@ class TestingConfig(Config):
         self.SQLALCHEMY_DATABASE_URI = env.get("DATABASE_URL") or "sqlite://"
         # Cheap hashing keeps the suite fast; production keeps werkzeug's default.
         self.PASSWORD_HASH_METHOD = "pbkdf2:sha256:1000"
+        self.WELCOME_EMAIL_DELAY = _int("WELCOME_EMAIL_DELAY", env.get("WELCOME_EMAIL_DELAY"), 0)
 
 
 class ProductionConfig(Config):

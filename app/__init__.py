@@ -29,7 +29,7 @@ def create_app(config_class: type[Config] | Config | None = None) -> Flask:
 
         configure_sqlite(app, db.engine)
 
-    from app import audit, tasks  # noqa: F401  (tasks: registers the Celery tasks)
+    from app import audit, tasks, welcome  # noqa: F401  (tasks: registers the Celery tasks)
     from app.auth import bp as auth_bp
     from app.cli import register_cli
     from app.errors import bp as errors_bp
@@ -39,5 +39,6 @@ def create_app(config_class: type[Config] | Config | None = None) -> Flask:
     app.register_blueprint(auth_bp, url_prefix="/auth")
     app.register_blueprint(main_bp)
     audit.init_app(app)
+    welcome.init_app(app)
     register_cli(app)
     return app

@@ -449,6 +449,23 @@ def _restore_user(app: Flask, user_id: str) -> None:
 # --- the Celery app and its Task class ---------------------------------------------------
 
 
+def current_context_token() -> str | None:
+    """The signed context a task sent now would carry: the live request's (captured
+    once per request), or the running task's; None outside both."""
+    if has_request_context():
+        environ = request.environ
+        token = environ.get(ENVIRON_TOKEN_KEY)
+        if token is None:
+            token = sign_request_context(current_app._get_current_object())
+            if token is not None:
+                environ[ENVIRON_TOKEN_KEY] = token
+        return token
+    running = _current_celery_task._get_current_object()
+    if running is not None:
+        return _header_from(running.request)
+    return None
+
+
 def _header_from(celery_request: Any) -> str | None:
     """Our header, wherever this Celery version or tool put it."""
     if celery_request is None:
@@ -478,23 +495,8 @@ class ContextTask(Task):
             )
         return app
 
-    def _context_token(self) -> str | None:
-        """The token to send: the live request's, or the running task's."""
-        if has_request_context():
-            environ = request.environ
-            token = environ.get(ENVIRON_TOKEN_KEY)
-            if token is None:
-                token = sign_request_context(current_app._get_current_object())
-                if token is not None:
-                    environ[ENVIRON_TOKEN_KEY] = token
-            return token
-        running = _current_celery_task._get_current_object()
-        if running is not None:
-            return _header_from(running.request)
-        return None
-
     def _with_context_header(self, headers: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
-        token = self._context_token()
+        token = current_context_token()
         if token is None:
             return headers
         return {**headers, CONTEXT_HEADER: token} if headers else {CONTEXT_HEADER: token}
@@ -553,13 +555,24 @@ class CeleryWithContext(Celery):
 
     def init_app(self, app: Flask) -> None:
         """Bind to ``app``: configure from ``app.config``; the latest bound app runs tasks."""
-        previous_broker = self.conf.broker_url if self.flask_app is not None else None
+        previous = (self.conf.broker_url, self.conf.result_backend) if self.flask_app is not None else None
         self.conf.update(celery_settings(app.config))
-        if previous_broker is not None and previous_broker != self.conf.broker_url:
-            self.close()  # forget the connection pool to the old broker
+        if previous is not None and previous != (self.conf.broker_url, self.conf.result_backend):
+            self._forget_connections()
         self.flask_app = app
         app.extensions["celery"] = self
         app.extensions["celery_with_context"] = _AppState.build(app)
+
+
+    def _forget_connections(self) -> None:
+        """Drop pools and the result backend bound to the previous broker, as Celery does
+        after a fork; otherwise messages would still go to the old one."""
+        self._pool = None
+        amqp = self.__dict__.get("amqp")
+        if amqp is not None:
+            amqp._producer_pool = None
+        self._backend_cache = None
+        self._local.__dict__.pop("backend", None)
 
 
 def celery_settings(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -581,6 +594,7 @@ def celery_settings(config: Mapping[str, Any]) -> dict[str, Any]:
         "timezone": "UTC",
         "beat_schedule": {
             "cleanup-exports": {"task": "app.tasks.cleanup_exports", "schedule": 3600.0},
+            "requeue-stalled-emails": {"task": "app.tasks.requeue_stalled_emails", "schedule": 300.0},
         },
     }
     settings.update(config.get("CELERY") or {})

@@ -55,3 +55,18 @@ def register_cli(app: Flask) -> None:
             f"Removed {report.files_removed} expired export(s) and {report.temporary_files_removed} "
             f"temporary file(s); marked {report.stale_tasks_failed} stuck task(s) as failed"
         )
+
+    @app.cli.command("mail-failures")
+    def mail_failures_command() -> None:
+        """List emails we gave up on, newest first, with the reason."""
+        from app.welcome import failed_deliveries
+
+        failures = failed_deliveries()
+        if not failures:
+            click.echo("No failed emails.")
+            return
+        for delivery in failures:
+            click.echo(
+                f"{delivery.updated:%Y-%m-%d %H:%M:%S} UTC  #{delivery.id} {delivery.kind} to "
+                f"{delivery.recipient}  after {delivery.attempts} attempt(s): {delivery.last_error}"
+            )

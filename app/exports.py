@@ -25,7 +25,10 @@ class ExportFailed(Exception):
 
 
 def exports_dir() -> Path:
-    return Path(current_app.config["EXPORTS_DIR"])
+    """``EXPORTS_DIR``; a relative one is inside the instance folder, so that the web
+    process, the worker and ``send_file`` (which resolves relative paths against the
+    app's package, not the working directory) all agree where the files are."""
+    return Path(current_app.instance_path) / current_app.config["EXPORTS_DIR"]
 
 
 def export_path(task: Task) -> Path | None:

@@ -160,6 +160,41 @@ class TaskAlreadyRunning(RuntimeError):
     """The user already has an unfinished task of this kind."""
 
 
+class DeliveryStatus:
+    PENDING = "pending"    # waiting in the queue (or for its eta)
+    SENDING = "sending"    # claimed by a worker
+    RETRYING = "retrying"  # a transient SMTP error; another attempt is scheduled
+    SENT = "sent"
+    FAILED = "failed"      # permanent error, or out of attempts: see last_error
+    SKIPPED = "skipped"    # nothing to send any more (the user was deleted)
+
+
+class EmailDelivery(db.Model):
+    """One email we promised to send, from the moment its cause was committed.
+
+    The row is written in the same transaction as its cause (the outbox pattern), so an
+    email is never lost to a broker outage, and it records every failure for admins.
+    """
+
+    __tablename__ = "email_delivery"
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    kind: so.Mapped[str] = so.mapped_column(sa.String(32), index=True)
+    user_id: so.Mapped[int | None] = so.mapped_column(sa.ForeignKey("user.id", ondelete="SET NULL"), index=True)
+    recipient: so.Mapped[str] = so.mapped_column(sa.String(120))
+    status: so.Mapped[str] = so.mapped_column(sa.String(16), default=DeliveryStatus.PENDING, index=True)
+    attempts: so.Mapped[int] = so.mapped_column(default=0)
+    last_error: so.Mapped[str | None] = so.mapped_column(sa.Text)
+    #: The signed request context of the request that caused it, for re-sends.
+    request_context: so.Mapped[str | None] = so.mapped_column(sa.Text)
+    created: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
+    updated: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    sent_at: so.Mapped[datetime | None] = so.mapped_column(UTCDateTime)
+
+    def __repr__(self) -> str:
+        return f"<EmailDelivery {self.id} {self.kind} to {self.recipient} {self.status}>"
+
+
 class AuditEvent(db.Model):
     """Who did what, from which address and host; written by an after_request hook."""
 

@@ -50,3 +50,39 @@ def send_email_task(subject: str, recipients: list[str], text_body: str, html_bo
 
     send_email(subject, recipients, text_body, html_body,
                [decode_attachment(a) for a in attachments], sync=True)
+
+
+@celery.task(bind=True, max_retries=None)
+def send_welcome_email(self, delivery_id: int) -> str:
+    """Greet a new user, with links on the host they registered from; retried with
+    backoff on transient SMTP errors up to MAIL_RETRY_ATTEMPTS, recorded when it fails."""
+    from flask import current_app
+
+    from app import welcome
+    from app.email import backoff_seconds, describe_failure, is_transient
+
+    delivery = welcome.claim(delivery_id)
+    if delivery is None:
+        return "not pending"
+    try:
+        sent = welcome.send_welcome(delivery)
+    except Exception as exc:
+        db.session.rollback()
+        reason = describe_failure(exc)
+        config = current_app.config
+        if is_transient(exc) and delivery.attempts < config["MAIL_RETRY_ATTEMPTS"]:
+            welcome.record_failure(delivery_id, reason, final=False)
+            countdown = backoff_seconds(delivery.attempts - 1, config["MAIL_RETRY_BACKOFF"],
+                                        config["MAIL_RETRY_BACKOFF_MAX"])
+            raise self.retry(exc=exc, countdown=countdown)
+        welcome.record_failure(delivery_id, reason, final=True)
+        return f"failed: {reason}"
+    return "sent" if sent else "skipped: the user was deleted"
+
+
+@celery.task
+def requeue_stalled_emails() -> int:
+    """Re-send welcome emails whose enqueue failed (celery beat runs this every 5 minutes)."""
+    from app.welcome import requeue_stalled_deliveries
+
+    return requeue_stalled_deliveries()

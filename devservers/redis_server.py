@@ -41,7 +41,7 @@ def server_arguments(socket_path: Path, data_dir: Path, *, port: int = 0, persis
 
 
 def start_redis(socket_path: Path, data_dir: Path, *, port: int = 0, persist: bool = True,
-                log_path: Path | None = None, timeout: float = 10.0) -> subprocess.Popen:
+                log_path: Path | None = None, timeout: float = 10.0, preexec_fn=None) -> subprocess.Popen:
     """Start redis-server in the background and wait until it answers PING."""
     import redis
 
@@ -53,6 +53,7 @@ def start_redis(socket_path: Path, data_dir: Path, *, port: int = 0, persist: bo
         [redis_server_binary(), *server_arguments(socket_path, data_dir, port=port, persist=persist)],
         stdout=log,
         stderr=subprocess.STDOUT,
+        preexec_fn=preexec_fn,
     )
     deadline = time.monotonic() + timeout
     while True:

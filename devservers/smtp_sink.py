@@ -31,7 +31,7 @@ class MailSink:
     def __init__(self, directory: Path | None = None) -> None:
         self.directory = directory
         self.messages: list[ReceivedMessage] = []
-        self._arrived = threading.Condition()
+        self._arrived = threading.Condition(threading.RLock())
         #: Replies to return instead of accepting, consumed one per message (tests).
         self.scripted_replies: list[str] = []
 
@@ -53,16 +53,23 @@ class MailSink:
               f"{parsed['Subject']!s}" + (f" -> {path}" if path else ""), flush=True)
         return "250 Message accepted for delivery"
 
-    def wait_for(self, count: int = 1, timeout: float = 30.0) -> list[ReceivedMessage]:
-        """Block until ``count`` messages have arrived; raise TimeoutError after ``timeout``."""
+    def received(self, subject: str | None = None) -> list[ReceivedMessage]:
+        """The messages so far, or those whose subject contains ``subject``."""
+        with self._arrived:
+            return [m for m in self.messages if subject is None or subject in str(m.message["Subject"])]
+
+    def wait_for(self, count: int = 1, timeout: float = 30.0, subject: str | None = None) -> list[ReceivedMessage]:
+        """Block until ``count`` messages (with ``subject`` in their subject, if given) have
+        arrived and return them; raise TimeoutError after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         with self._arrived:
-            while len(self.messages) < count:
+            while len(matching := self.received(subject)) < count:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise TimeoutError(f"expected {count} message(s) within {timeout}s, got {len(self.messages)}")
+                    raise TimeoutError(f"expected {count} message(s){f' about {subject!r}' if subject else ''} "
+                                       f"within {timeout}s, got {len(matching)}")
                 self._arrived.wait(remaining)
-            return list(self.messages)
+            return matching
 
 
 def start_sink(directory: Path | None = None, host: str = "127.0.0.1", port: int = 0) -> tuple[Controller, MailSink]:

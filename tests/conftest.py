@@ -54,13 +54,20 @@ def mail_sink(smtp_server):
     return sink
 
 
-def base_environ(tmp_path: Path, redis_service: RedisService, smtp_server, database_url: str) -> dict[str, str]:
+#: Redis logical databases: in-process apps never share a queue with the live worker,
+#: which would otherwise run their tasks against its own database.
+LIVE_REDIS_DB = 0
+UNIT_REDIS_DB = 1
+
+
+def base_environ(tmp_path: Path, redis_service: RedisService, smtp_server, database_url: str,
+                 redis_db: int = UNIT_REDIS_DB) -> dict[str, str]:
     controller, _ = smtp_server
     return {
         "MICROBLOG_CONFIG": "testing",
         "SECRET_KEY": TEST_SECRET_KEY,
         "DATABASE_URL": database_url,
-        "REDIS_URL": redis_service.url,
+        "REDIS_URL": redis_service.url_for_db(redis_db),
         "MAIL_SERVER": "127.0.0.1",
         "MAIL_PORT": str(controller.port),
         "INSTANCE_PATH": str(tmp_path / "instance"),
@@ -172,7 +179,8 @@ class LiveStack:
 def live_stack(tmp_path_factory, redis_service, smtp_server):
     """A database built by ``flask db upgrade`` and a Celery worker process using it."""
     directory = tmp_path_factory.mktemp("live")
-    environ = base_environ(directory, redis_service, smtp_server, f"sqlite:///{directory / 'live.db'}")
+    environ = base_environ(directory, redis_service, smtp_server, f"sqlite:///{directory / 'live.db'}",
+                           redis_db=LIVE_REDIS_DB)
     environ["MAIL_MAX_ATTACHMENT_BYTES"] = str(LIVE_MAX_ATTACHMENT_BYTES)
     process_env = {
         **os.environ, **environ, "FLASK_SKIP_DOTENV": "1", "PYTHONUNBUFFERED": "1",

@@ -19,6 +19,7 @@ from app.celery_context import (
 )
 from app.extensions import celery, csrf
 from config import TestingConfig
+from tests.conftest import UNIT_REDIS_DB
 
 
 @celery.task(bind=True)
@@ -200,7 +201,7 @@ def test_untrusted_host_is_refused_before_anything_is_enqueued(app_environ, redi
 
     app.add_url_rule("/enqueue", view_func=enqueue, methods=["POST"])
     client = app.test_client()
-    queue = redis_service.client()
+    queue = redis_service.client(db=UNIT_REDIS_DB)
     queue.delete("trusted-hosts-test")
     try:
         refused = client.post("/enqueue", base_url="https://evil.example/")

@@ -15,6 +15,7 @@ from tests.conftest import LIVE_MAX_ATTACHMENT_BYTES, AuthActions
 from tests.support.services import wait_until
 
 SITE = "https://blog.example.org/"
+EXPORT_SUBJECT = "Your posts are ready"
 
 
 def _export_task(app, username: str) -> Task:
@@ -58,7 +59,7 @@ def test_export_from_click_to_email_to_download(live_app, live_stack, mail_sink)
     assert progress == sorted(progress)
     assert status["download_url"] == f"/exports/{task.id}"
 
-    (message,) = mail_sink.wait_for(1)
+    (message,) = mail_sink.wait_for(1, subject=EXPORT_SUBJECT)
     assert message.recipients == ["ann@example.com"]
     text = message.message.get_body(("plain",)).get_content()
     html = message.message.get_body(("html",)).get_content()
@@ -92,7 +93,7 @@ def test_export_from_click_to_email_to_download(live_app, live_stack, mail_sink)
         assert done[0].remote_addr == "127.0.0.1" and "3 posts" in done[0].detail
     activity = auth.get("/activity").get_data(as_text=True)
     assert "export posts" in activity and "(background)" in activity
-    assert mail_sink.messages == [message]  # exactly one email
+    assert mail_sink.received(EXPORT_SUBJECT) == [message]  # exactly one export email
 
 
 def test_export_above_the_attachment_limit_is_linked_not_attached(live_app, mail_sink):
@@ -107,7 +108,7 @@ def test_export_above_the_attachment_limit_is_linked_not_attached(live_app, mail
     task = _export_task(live_app, "cat")
     status, _ = _poll_until_finished(auth, task.id)
     assert status["state"] == "SUCCESS"
-    (message,) = mail_sink.wait_for(1)
+    (message,) = mail_sink.wait_for(1, subject=EXPORT_SUBJECT)
     text = message.message.get_body(("plain",)).get_content()
     downloaded = auth.get(f"/exports/{task.id}").data
     assert len(downloaded) > LIVE_MAX_ATTACHMENT_BYTES
@@ -142,7 +143,7 @@ def test_failed_export_ends_in_failure_with_a_message_and_no_email(live_app, liv
     assert status["state"] == "FAILURE"
     assert status["error"] == "We could not write your export file. Please try again later."
     assert status["download_url"] is None
-    assert mail_sink.messages == []
+    assert mail_sink.received(EXPORT_SUBJECT) == []
     assert auth.get(f"/exports/{task.id}").status_code == 409
     log = wait_until(lambda: "could not write" in live_stack.worker.log() and live_stack.worker.log(), 10,
                      message="the failure in the worker log")

@@ -31,6 +31,14 @@ def wait_until(predicate: Callable[[], object], timeout: float = 30.0, interval:
         time.sleep(interval)
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this child when the test process dies, however it dies."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class RedisService:
     """A real Redis: the embedded redis-server on a unix socket, or ``REDIS_URL`` when set."""
 
@@ -43,13 +51,23 @@ class RedisService:
             return
         self.socket_path = directory / "redis.sock"
         self.directory = directory
-        self.process = start_redis(self.socket_path, directory, persist=False, log_path=directory / "redis.log")
+        self.process = start_redis(self.socket_path, directory, persist=False, log_path=directory / "redis.log",
+                                   preexec_fn=_die_with_parent)
         self.url = redis_socket_url(self.socket_path)
 
-    def client(self) -> redis.Redis:
+    def url_for_db(self, number: int) -> str:
+        """The Celery URL of logical database ``number`` (each test stack gets its own)."""
         if self.process is None:
-            return redis.Redis.from_url(os.environ["REDIS_URL"])
-        return redis.Redis(unix_socket_path=str(self.socket_path))
+            from urllib.parse import urlsplit, urlunsplit
+
+            parts = urlsplit(self.url)
+            return urlunsplit(parts._replace(path=f"/{number}"))
+        return f"{self.url}?virtual_host={number}"
+
+    def client(self, db: int = 0) -> redis.Redis:
+        if self.process is None:
+            return redis.Redis.from_url(self.url_for_db(db).replace("redis+socket", "unix"))
+        return redis.Redis(unix_socket_path=str(self.socket_path), db=db)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -73,6 +91,7 @@ class WorkerProcess:
             [str(BIN / "celery"), "-A", "celery_worker.celery", "worker", "-l", "info",
              "-n", self.hostname, "--without-gossip", "--without-mingle", *self.extra_args],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
 
         def answers_ping() -> bool:
@@ -80,7 +99,11 @@ class WorkerProcess:
                 raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.log()}")
             return bool(celery_app.control.ping(destination=[self.hostname], timeout=0.5))
 
-        wait_until(answers_ping, timeout, message=f"worker {self.hostname} to answer ping")
+        try:
+            wait_until(answers_ping, timeout, message=f"worker {self.hostname} to answer ping")
+        except BaseException:
+            self.stop()  # never leave a worker behind to reconnect to a later Redis
+            raise
         return self
 
     def log(self) -> str:

@@ -1,0 +1,130 @@
+"""The welcome email: scheduled when a user row is committed, sent by a worker later.
+
+An ``after_insert`` event writes an :class:`EmailDelivery` row in the same transaction
+as the user (with the signed request context of the registration), and an
+``after_commit`` event enqueues it with ``countdown=WELCOME_EMAIL_DELAY``. A rolled-back
+user leaves nothing behind; a broker outage leaves a pending row that
+:func:`requeue_stalled_deliveries` sends later, with the same request context.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import sqlalchemy as sa
+from flask import current_app, has_request_context, render_template, url_for
+
+from app.celery_context import CONTEXT_HEADER, current_context_token
+from app.email import send_email
+from app.extensions import db
+from app.models import DeliveryStatus, EmailDelivery, User, utcnow
+
+KIND = "welcome"
+_PENDING_KEY = "welcome_deliveries"
+
+
+def _on_user_insert(mapper, connection, user: User) -> None:
+    token = current_context_token() if has_request_context() else None
+    delivery_id = connection.execute(
+        sa.insert(EmailDelivery).values(
+            kind=KIND, user_id=user.id, recipient=user.email, status=DeliveryStatus.PENDING,
+            attempts=0, request_context=token, created=utcnow(), updated=utcnow(),
+        )
+    ).inserted_primary_key[0]
+    session = sa.orm.object_session(user)
+    session.info.setdefault(_PENDING_KEY, []).append((delivery_id, token))
+
+
+def _on_commit(session) -> None:
+    for delivery_id, token in session.info.pop(_PENDING_KEY, []):
+        enqueue(delivery_id, token)
+
+
+def _on_rollback(session) -> None:
+    session.info.pop(_PENDING_KEY, None)
+
+
+def init_app(app) -> None:
+    """Listen for new users (once per process: the events are on the classes)."""
+    if not sa.event.contains(User, "after_insert", _on_user_insert):
+        sa.event.listen(User, "after_insert", _on_user_insert)
+        sa.event.listen(db.session, "after_commit", _on_commit)
+        sa.event.listen(db.session, "after_soft_rollback", lambda session, _tx: _on_rollback(session))
+
+
+def enqueue(delivery_id: int, token: str | None, countdown: float | None = None) -> bool:
+    """Send the delivery's task; False (logged, row left pending) if the broker is down."""
+    from app.tasks import send_welcome_email
+
+    delay = current_app.config["WELCOME_EMAIL_DELAY"] if countdown is None else countdown
+    headers = {CONTEXT_HEADER: token} if token else None
+    try:
+        send_welcome_email.apply_async((delivery_id,), countdown=delay, headers=headers)
+    except Exception as exc:
+        current_app.logger.warning("Could not enqueue welcome email %s (%r); it stays pending "
+                                   "and will be re-sent", delivery_id, exc)
+        return False
+    return True
+
+
+def requeue_stalled_deliveries(grace: timedelta = timedelta(minutes=10)) -> int:
+    """Re-send deliveries still pending well after their eta (their enqueue failed)."""
+    cutoff = utcnow() - timedelta(seconds=current_app.config["WELCOME_EMAIL_DELAY"]) - grace
+    stalled = db.session.execute(
+        sa.select(EmailDelivery.id, EmailDelivery.request_context).where(
+            EmailDelivery.kind == KIND, EmailDelivery.status == DeliveryStatus.PENDING,
+            EmailDelivery.attempts == 0, EmailDelivery.created < cutoff,
+        )
+    ).all()
+    return sum(enqueue(delivery_id, token, countdown=0) for delivery_id, token in stalled)
+
+
+def claim(delivery_id: int) -> EmailDelivery | None:
+    """Atomically take a pending (or retrying) delivery; None if another run has it."""
+    claimed = db.session.execute(
+        sa.update(EmailDelivery)
+        .where(EmailDelivery.id == delivery_id,
+               EmailDelivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.RETRYING]))
+        .values(status=DeliveryStatus.SENDING, attempts=EmailDelivery.attempts + 1, updated=utcnow())
+    ).rowcount
+    db.session.commit()
+    return db.session.get(EmailDelivery, delivery_id) if claimed == 1 else None
+
+
+def send_welcome(delivery: EmailDelivery) -> bool:
+    """Render and send the email; False if there is nobody to send it to any more."""
+    user = db.session.get(User, delivery.user_id) if delivery.user_id is not None else None
+    if user is None:
+        delivery.status = DeliveryStatus.SKIPPED
+        delivery.last_error = "the user was deleted before the email was sent"
+        db.session.commit()
+        return False
+    context = dict(
+        user=user,
+        profile_url=url_for("main.user", username=user.username, _external=True),
+        login_url=url_for("auth.login", _external=True),
+    )
+    send_email("[Microblog] Welcome to Microblog!", [user.email],
+               render_template("email/welcome.txt", **context),
+               render_template("email/welcome.html", **context), sync=True)
+    delivery.status = DeliveryStatus.SENT
+    delivery.sent_at = utcnow()
+    delivery.last_error = None
+    db.session.commit()
+    return True
+
+
+def record_failure(delivery_id: int, reason: str, *, final: bool) -> None:
+    delivery = db.session.get(EmailDelivery, delivery_id)
+    delivery.status = DeliveryStatus.FAILED if final else DeliveryStatus.RETRYING
+    delivery.last_error = reason
+    db.session.commit()
+    if final:
+        current_app.logger.error("Giving up on %s email %s to %s after %d attempt(s): %s",
+                                 delivery.kind, delivery.id, delivery.recipient, delivery.attempts, reason)
+
+
+def failed_deliveries() -> list[EmailDelivery]:
+    return list(db.session.scalars(
+        sa.select(EmailDelivery).where(EmailDelivery.status == DeliveryStatus.FAILED)
+        .order_by(EmailDelivery.updated.desc())
+    ))
