@@ -589,6 +589,10 @@ def celery_settings(config: Mapping[str, Any]) -> dict[str, Any]:
         "task_time_limit": config.get("CELERY_TASK_TIME_LIMIT"),
         "task_soft_time_limit": config.get("CELERY_TASK_SOFT_TIME_LIMIT"),
         "broker_connection_retry_on_startup": True,
+        # A web request must not hang on a dead broker: fail within about a second.
+        "broker_connection_timeout": 2.0,
+        "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0,
+                                      "interval_step": 0.25, "interval_max": 0.5},
         "worker_hijack_root_logger": True,
         "enable_utc": True,
         "timezone": "UTC",

@@ -34,6 +34,14 @@ class MailSink:
         self._arrived = threading.Condition(threading.RLock())
         #: Replies to return instead of accepting, consumed one per message (tests).
         self.scripted_replies: list[str] = []
+        #: Replies to RCPT TO instead of accepting the recipient, one per recipient (tests).
+        self.scripted_rcpt_replies: list[str] = []
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options) -> str:
+        if self.scripted_rcpt_replies:
+            return self.scripted_rcpt_replies.pop(0)
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope) -> str:
         if self.scripted_replies:

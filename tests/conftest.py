@@ -51,6 +51,7 @@ def mail_sink(smtp_server):
     _, sink = smtp_server
     sink.messages.clear()
     sink.scripted_replies.clear()
+    sink.scripted_rcpt_replies.clear()
     return sink
 
 
