@@ -593,6 +593,11 @@ def celery_settings(config: Mapping[str, Any]) -> dict[str, Any]:
         "broker_connection_timeout": 2.0,
         "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0,
                                       "interval_step": 0.25, "interval_max": 0.5},
+        # Sending subscribes to the task's result; don't spend Celery's default ~20 s on it.
+        # Workers get the patient default back at start-up (app.tasks).
+        "result_backend_transport_options": {"retry_policy": {
+            "max_retries": 2, "interval_start": 0, "interval_step": 0.25, "interval_max": 0.5,
+        }},
         "worker_hijack_root_logger": True,
         "enable_utc": True,
         "timezone": "UTC",

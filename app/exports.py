@@ -16,7 +16,8 @@ from app.extensions import db
 from app.models import Post, Task, TaskState, utcnow
 
 EXPORT_TASK_NAME = "export_posts"
-_encode_string = json.JSONEncoder(ensure_ascii=False).encode
+#: JSON string literal for a str, non-ASCII kept as is (the C encoder json.dumps uses).
+_encode_string = json.encoder.encode_basestring
 _STREAM_BATCH = 2000
 
 
@@ -54,16 +55,17 @@ def _iso_timestamp_column() -> sa.ColumnElement[str]:
 def write_posts_export(user_id: int, destination: Path, progress: Callable[[int, int], None]) -> int:
     """Write the user's posts, oldest first, as ``{"posts": [...]}`` to ``destination``.
 
-    Rows are streamed from the database and written one at a time, into a temporary
-    name renamed when complete: a reader never sees half a file. ``progress(done,
-    total)`` is called for every post; it decides itself how often to report.
+    Rows are streamed from the database in batches of ``_STREAM_BATCH`` and written a
+    batch at a time (memory stays flat at any size), into a temporary name renamed
+    when complete: a reader never sees half a file. ``progress(done, total)`` is called
+    after every batch and at the end; it decides itself how often to report.
     """
     total = db.session.scalar(sa.select(sa.func.count(Post.id)).where(Post.user_id == user_id)) or 0
-    rows = db.session.execute(
+    # Core rows on the session's connection: no ORM loading, a server-side cursor on PostgreSQL.
+    rows = db.session.connection().execution_options(yield_per=_STREAM_BATCH).execute(
         sa.select(Post.body, _iso_timestamp_column())
         .where(Post.user_id == user_id)
         .order_by(Post.timestamp, Post.id)
-        .execution_options(yield_per=_STREAM_BATCH)
     )
     destination.parent.mkdir(parents=True, exist_ok=True)
     temporary = destination.with_name(f".{destination.name}.{os.getpid()}.tmp")
@@ -72,10 +74,12 @@ def write_posts_export(user_id: int, destination: Path, progress: Callable[[int,
         with open(temporary, "w", encoding="utf-8") as out:
             out.write('{"posts": [')
             separator = ""
-            for body, timestamp in rows:
-                out.write(f'{separator}{{"body": {_encode_string(body)}, "timestamp": "{timestamp}"}}')
+            for batch in rows.partitions():
+                out.write(separator)
+                out.write(", ".join([f'{{"body": {_encode_string(body)}, "timestamp": "{timestamp}"}}'
+                                     for body, timestamp in batch]))
                 separator = ", "
-                done += 1
+                done += len(batch)
                 progress(done, total)
             out.write("]}\n")
             out.flush()
