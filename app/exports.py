@@ -158,6 +158,12 @@ def cleanup_exports(now: datetime | None = None) -> CleanupReport:
             if stray.stat().st_mtime < now.timestamp() - 24 * 3600:
                 stray.unlink(missing_ok=True)
                 report.temporary_files_removed += 1
+        # Files no task points at (a crash between rename and commit): gone after retention.
+        known = set(db.session.scalars(sa.select(Task.result_location).where(Task.result_location.is_not(None))))
+        for orphan in directory.glob("posts-*.json"):
+            if orphan.name not in known and orphan.stat().st_mtime < (now - retention).timestamp():
+                orphan.unlink(missing_ok=True)
+                report.files_removed += 1
     limit = timedelta(seconds=current_app.config["CELERY_TASK_TIME_LIMIT"] + 600)
     stale = db.session.scalars(sa.select(Task).where(Task.finished.is_(None), Task.created < now - limit))
     for task in stale:

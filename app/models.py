@@ -233,9 +233,13 @@ def launch_task(user: User, celery_task, description: str, *args) -> Task:
         db.session.commit()
     except sa.exc.IntegrityError:
         db.session.rollback()
-        if user.task_in_progress(row.name) is None:
+        running = user.task_in_progress(row.name)
+        if running is None:
             raise  # not the one-running-task rule: a real integrity problem
-        raise TaskAlreadyRunning(f"You already have a {row.name.replace('_', ' ')} task in progress.") from None
+        raise TaskAlreadyRunning(
+            f"Already in progress: {running.description.rstrip('.')} ({running.progress}%). "
+            "Please wait for it to finish."
+        ) from None
     try:
         celery_task.apply_async(args=args, task_id=row.id)
     except Exception as exc:

@@ -144,7 +144,7 @@ def test_failed_export_ends_in_failure_with_a_message_and_no_email(live_app, liv
     assert status["error"] == "We could not write your export file. Please try again later."
     assert status["download_url"] is None
     assert mail_sink.received(EXPORT_SUBJECT) == []
-    assert auth.get(f"/exports/{task.id}").status_code == 409
+    assert auth.get(f"/exports/{task.id}").status_code == 404  # failed: there is no file
     log = wait_until(lambda: "could not write" in live_stack.worker.log() and live_stack.worker.log(), 10,
                      message="the failure in the worker log")
     assert "Traceback" in log

@@ -508,7 +508,7 @@ def test_a_second_export_while_one_runs_is_refused_with_a_flash(app, auth, ann_e
     ann, task_id = ann_exporting
     response = auth.post_form("/export_posts", page="/user/ann")
     assert response.status_code == 302 and response.headers["Location"].endswith("/user/ann")
-    assert "already" in auth.get("/user/ann").get_data(as_text=True)
+    assert "Already in progress" in auth.get("/user/ann").get_data(as_text=True)
     with app.app_context():
         assert [row.id for row in task_rows(ann)] == [task_id]
 
@@ -517,8 +517,8 @@ def test_a_second_export_while_one_runs_is_409_for_json_clients(app, auth, ann_e
     ann, task_id = ann_exporting
     response = auth.post_form("/export_posts", page="/user/ann", headers={"Accept": "application/json"})
     assert response.status_code == 409
-    assert "already" in response.get_json()["error"]
-    assert "already" not in auth.get("/user/ann").get_data(as_text=True)  # nothing flashed
+    assert "Already in progress" in response.get_json()["error"]
+    assert "Already in progress" not in auth.get("/user/ann").get_data(as_text=True)  # nothing flashed
     with app.app_context():
         assert [row.id for row in task_rows(ann)] == [task_id]
 
@@ -570,7 +570,7 @@ def test_simultaneous_export_clicks_by_one_user_start_one_task(app):
         assert row.name == EXPORT_TASK_NAME and row.finished is None
     pages = [browser.get("/user/ann").get_data(as_text=True) for browser, _ in browsers]
     assert sum("Your export has started" in page for page in pages) == 1
-    assert sum("already" in page for page in pages) == len(browsers) - 1
+    assert sum("Already in progress" in page for page in pages) == len(browsers) - 1
 
 
 # --- 7. download_export ----------------------------------------------------------------
@@ -811,3 +811,27 @@ def test_task_status_offers_a_download_only_once_the_file_exists(app, ann_and_bo
     with app.app_context():
         write_posts_export(ann, destination, no_progress)
     assert auth.get(f"/tasks/{task_id}").get_json()["download_url"] == f"/exports/{task_id}"
+
+
+def test_a_failed_export_without_a_file_is_404_with_a_reason(app, ann_and_bob):
+    ann, _ = ann_and_bob
+    with app.app_context():
+        from app.tasks import finish_task
+
+        task_id = add_task(ann)
+        finish_task(task_id, error="We could not write your export file. Please try again later.")
+    response = logged_in(app, "ann").get(f"/exports/{task_id}")
+    assert response.status_code == 404 and "failed and has no file" in response.get_data(as_text=True)
+
+
+def test_cleanup_removes_orphan_export_files_after_the_retention(app):
+    with app.app_context():
+        directory = exports_dir()
+        directory.mkdir(parents=True, exist_ok=True)
+        old, fresh = directory / "posts-orphan-old.json", directory / "posts-orphan-new.json"
+        old.write_text("{}")
+        fresh.write_text("{}")
+        ten_days_ago = (utcnow() - timedelta(days=10)).timestamp()
+        os.utime(old, (ten_days_ago, ten_days_ago))
+        report = cleanup_exports()
+    assert not old.exists() and fresh.exists() and report.files_removed == 1

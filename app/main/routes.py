@@ -128,8 +128,10 @@ def download_export(task_id: str):
     if task.name != EXPORT_TASK_NAME:
         abort(404)
     path = export_path(task)
-    if path is None:
+    if path is None and task.is_running:
         abort(409, description="This export is not ready yet; watch its progress bar or wait for the email.")
+    if path is None:
+        abort(404, description="This export failed and has no file. Start a new export from your profile page.")
     if not path.exists():
         abort(410, description="This export has expired and its file was removed. Start a new export "
                                "from your profile page.")

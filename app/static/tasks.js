@@ -49,10 +49,17 @@
   function poll(alert) {
     fetch(alert.dataset.statusUrl, { headers: { "Accept": "application/json" }, credentials: "same-origin" })
       .then(function (response) {
+        if (response.status === 404 || response.status === 403) {
+          return { gone: true };
+        }
         if (!response.ok) { throw new Error("HTTP " + response.status); }
         return response.json();
       })
       .then(function (task) {
+        if (task.gone) {  // deleted, or the session ended: stop asking
+          alert.querySelector(".task-message").textContent = "This task is no longer available.";
+          return;
+        }
         update(alert, task);
         if (task.state === "SUCCESS" || task.state === "FAILURE") {
           finish(alert, task);
