@@ -7,8 +7,9 @@ path, host and client address, and whether it ran in a worker.
 from __future__ import annotations
 
 from celery import current_task
-from flask import Flask, Response, g, request
+from flask import Flask, Response, current_app, g, request
 from flask_login import current_user
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.extensions import db
 from app.models import AuditEvent
@@ -42,5 +43,12 @@ def write_audit_events(response: Response) -> Response:
             task_id=task.request.id if task is not None else None,
             via_worker=task is not None and not (task.request.called_directly or task.request.is_eager),
         ))
-    db.session.commit()
+    try:
+        db.session.commit()
+    except SQLAlchemyError:
+        # The work is done; losing its audit line (the user was just deleted, the
+        # database is down) must not turn it into a failure. Say so loudly instead.
+        db.session.rollback()
+        current_app.logger.exception("Could not write audit events %s for %s %s",
+                                     [action for action, _ in events], request.method, request.path)
     return response

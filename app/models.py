@@ -191,6 +191,9 @@ class EmailDelivery(db.Model):
     updated: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     sent_at: so.Mapped[datetime | None] = so.mapped_column(UTCDateTime)
 
+    # Ids are never reused, so a late message for a deleted delivery cannot claim a new one.
+    __table_args__ = {"sqlite_autoincrement": True}
+
     def __repr__(self) -> str:
         return f"<EmailDelivery {self.id} {self.kind} to {self.recipient} {self.status}>"
 

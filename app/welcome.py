@@ -94,9 +94,7 @@ def send_welcome(delivery: EmailDelivery) -> bool:
     """Render and send the email; False if there is nobody to send it to any more."""
     user = db.session.get(User, delivery.user_id) if delivery.user_id is not None else None
     if user is None:
-        delivery.status = DeliveryStatus.SKIPPED
-        delivery.last_error = "the user was deleted before the email was sent"
-        db.session.commit()
+        _finish(delivery.id, DeliveryStatus.SKIPPED, "the user was deleted before the email was sent")
         return False
     context = dict(
         user=user,
@@ -106,19 +104,24 @@ def send_welcome(delivery: EmailDelivery) -> bool:
     send_email("[Microblog] Welcome to Microblog!", [user.email],
                render_template("email/welcome.txt", **context),
                render_template("email/welcome.html", **context), sync=True)
-    delivery.status = DeliveryStatus.SENT
-    delivery.sent_at = utcnow()
-    delivery.last_error = None
-    db.session.commit()
+    _finish(delivery.id, DeliveryStatus.SENT, None, sent_at=utcnow())
     return True
 
 
-def record_failure(delivery_id: int, reason: str, *, final: bool) -> None:
-    delivery = db.session.get(EmailDelivery, delivery_id)
-    delivery.status = DeliveryStatus.FAILED if final else DeliveryStatus.RETRYING
-    delivery.last_error = reason
+def _finish(delivery_id: int, status: str, reason: str | None, **values) -> None:
+    """Leave the SENDING state this run claimed; a row no longer ours is left alone."""
+    db.session.execute(
+        sa.update(EmailDelivery)
+        .where(EmailDelivery.id == delivery_id, EmailDelivery.status == DeliveryStatus.SENDING)
+        .values(status=status, last_error=reason, updated=utcnow(), **values)
+    )
     db.session.commit()
-    if final:
+
+
+def record_failure(delivery_id: int, reason: str, *, final: bool) -> None:
+    _finish(delivery_id, DeliveryStatus.FAILED if final else DeliveryStatus.RETRYING, reason)
+    delivery = db.session.get(EmailDelivery, delivery_id)
+    if final and delivery is not None:
         current_app.logger.error("Giving up on %s email %s to %s after %d attempt(s): %s",
                                  delivery.kind, delivery.id, delivery.recipient, delivery.attempts, reason)
 

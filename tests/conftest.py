@@ -82,14 +82,36 @@ def app_environ(tmp_path, redis_service, smtp_server) -> dict[str, str]:
 
 
 @pytest.fixture
-def app(app_environ):
-    app = create_app(TestingConfig(app_environ))
-    with app.app_context():
-        db.create_all()
-    yield app
+def make_app(app_environ):
+    """Build an app on the test's fresh database, with settings overridden by name."""
+    made = []
+
+    def make(**overrides: str):
+        app = create_app(TestingConfig({**app_environ, **overrides}))
+        with app.app_context():
+            db.create_all()
+        made.append(app)
+        return app
+
+    yield make
+    for app in made:
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+def empty_database(app) -> None:
+    """Delete every row (the live database outlives a test; its schema stays)."""
     with app.app_context():
         db.session.remove()
-        db.engine.dispose()
+        with db.engine.begin() as connection:
+            for table in reversed(db.metadata.sorted_tables):
+                connection.execute(sa.delete(table))
 
 
 @pytest.fixture
@@ -203,11 +225,8 @@ def live_app(live_stack):
     """An app on the live stack's database; every table is emptied after the test."""
     app = create_app(TestingConfig(live_stack.environ))
     yield app
+    empty_database(app)
     with app.app_context():
-        db.session.remove()
-        with db.engine.begin() as connection:
-            for table in reversed(db.metadata.sorted_tables):
-                connection.execute(sa.delete(table))
         db.engine.dispose()
 
 

@@ -83,6 +83,11 @@ def test_export_from_click_to_email_to_download(live_app, live_stack, mail_sink)
     assert stranger.get(f"/exports/{task.id}").status_code == 404
     assert stranger.get(f"/tasks/{task.id}").status_code == 404
 
+    def audited():  # the hook writes when the task's replayed request ends, just after SUCCESS
+        with live_app.app_context():
+            return db.session.scalar(sa.select(AuditEvent).where(AuditEvent.action == "export_posts"))
+
+    wait_until(audited, 10, message="the worker's audit event")
     with live_app.app_context():
         events = db.session.scalars(sa.select(AuditEvent).order_by(AuditEvent.id)).all()
         requested = [e for e in events if e.action == "export_posts_requested"]

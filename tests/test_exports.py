@@ -20,7 +20,6 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 from flask_login import login_user
 
-from app import create_app
 from app.cli import seed_posts
 from app.exports import (
     EXPORT_TASK_NAME,
@@ -34,7 +33,6 @@ from app.exports import (
 )
 from app.extensions import db
 from app.models import AuditEvent, Post, Task, TaskState, User, utcnow
-from config import TestingConfig
 from tests.conftest import AuthActions, csrf_token_in
 
 SITE = "https://blog.example.org/"
@@ -329,14 +327,8 @@ def test_running_a_finished_export_again_sends_nothing(app, mail_sink):
 
 
 @pytest.fixture
-def small_attachment_app(app_environ):
-    app = create_app(TestingConfig({**app_environ, "MAIL_MAX_ATTACHMENT_BYTES": "50"}))
-    with app.app_context():
-        db.create_all()
-    yield app
-    with app.app_context():
-        db.session.remove()
-        db.engine.dispose()
+def small_attachment_app(make_app):
+    return make_app(MAIL_MAX_ATTACHMENT_BYTES="50")
 
 
 def test_an_export_above_the_attachment_limit_is_linked_not_attached(small_attachment_app, mail_sink):
@@ -633,18 +625,12 @@ def test_an_export_whose_file_was_deleted_is_410_gone_with_a_reason(app, ann_and
 
 
 @pytest.fixture
-def relative_exports_app(app_environ, tmp_path, monkeypatch):
+def relative_exports_app(make_app, tmp_path, monkeypatch):
     """EXPORTS_DIR given as a relative path, the process working somewhere else."""
     working = tmp_path / "elsewhere"
     working.mkdir()
     monkeypatch.chdir(working)
-    app = create_app(TestingConfig({**app_environ, "EXPORTS_DIR": "exports"}))
-    with app.app_context():
-        db.create_all()
-    yield app
-    with app.app_context():
-        db.session.remove()
-        db.engine.dispose()
+    return make_app(EXPORTS_DIR="exports")
 
 
 def test_a_relative_exports_dir_is_in_the_instance_folder_and_downloads(relative_exports_app, tmp_path):
@@ -835,3 +821,20 @@ def test_cleanup_removes_orphan_export_files_after_the_retention(app):
         os.utime(old, (ten_days_ago, ten_days_ago))
         report = cleanup_exports()
     assert not old.exists() and fresh.exists() and report.files_removed == 1
+
+
+def test_the_audit_hook_logs_instead_of_failing_when_the_user_is_gone(app, caplog):
+    from app import audit
+
+    with app.app_context():
+        ann = add_user("ann")
+    with app.test_request_context("/export_posts", method="POST"):
+        login_user(db.session.get(User, ann))
+        audit.record("export_posts", "1 post")
+        with db.engine.begin() as connection:  # the account disappears meanwhile
+            connection.execute(sa.delete(User).where(User.id == ann))
+        response = app.process_response(app.response_class())
+    assert response.status_code == 200
+    assert "Could not write audit events ['export_posts']" in caplog.text
+    with app.app_context():
+        assert db.session.scalar(sa.select(sa.func.count(AuditEvent.id))) == 0

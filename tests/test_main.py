@@ -6,8 +6,6 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import sqlalchemy as sa
 
-import config
-from app import create_app
 from app.extensions import db
 from app.models import Post, Task, TaskState, User, utcnow
 from tests.conftest import AuthActions
@@ -142,14 +140,8 @@ def test_an_unknown_user_is_404_in_the_site_layout(auth):
 
 
 @pytest.fixture
-def paged_app(app_environ):
-    app = create_app(config.TestingConfig({**app_environ, "POSTS_PER_PAGE": "2"}))
-    with app.app_context():
-        db.create_all()
-    yield app
-    with app.app_context():
-        db.session.remove()
-        db.engine.dispose()
+def paged_app(make_app):
+    return make_app(POSTS_PER_PAGE="2")
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from app.extensions import celery, db
 from app.models import DeliveryStatus, EmailDelivery, User
 from config import TestingConfig
 from devservers.smtp_sink import start_sink
-from tests.conftest import AuthActions
+from tests.conftest import AuthActions, empty_database
 from tests.support.services import WorkerProcess, wait_until
 
 SITE = "https://welcome.example.org/"
@@ -65,11 +65,8 @@ def welcome_stack(live_stack, redis_service, tmp_path_factory):
 def welcome_app(welcome_stack):
     app = welcome_stack.app()
     yield app
+    empty_database(app)
     with app.app_context():
-        db.session.remove()
-        with db.engine.begin() as connection:
-            for table in reversed(db.metadata.sorted_tables):
-                connection.execute(sa.delete(table))
         db.engine.dispose()
 
 
@@ -190,10 +187,7 @@ def test_a_user_deleted_before_the_eta_gets_nothing(welcome_stack, smtp_up):
         assert skipped.user_id is None and "deleted" in skipped.last_error
         assert sink.received(SUBJECT) == []
     finally:
-        with app.app_context():
-            with db.engine.begin() as connection:
-                for table in reversed(db.metadata.sorted_tables):
-                    connection.execute(sa.delete(table))
+        empty_database(app)
 
 
 def test_a_rolled_back_user_leaves_no_delivery_and_no_email(welcome_app, smtp_up):
@@ -211,6 +205,7 @@ def test_a_rolled_back_user_leaves_no_delivery_and_no_email(welcome_app, smtp_up
     (message,) = sink.wait_for(1, subject=SUBJECT)
     assert message.recipients == ["real@example.com"]
     assert all(m.recipients != ["phantom@example.com"] for m in sink.received())
+    _wait_for_status(welcome_app, _delivery(welcome_app, "real").id, DeliveryStatus.SENT)
 
 
 def test_broker_down_at_registration_the_email_is_sent_later_with_the_same_links(welcome_stack, smtp_up,
@@ -233,10 +228,7 @@ def test_broker_down_at_registration_the_email_is_sent_later_with_the_same_links
     (message,) = sink.wait_for(1, subject=SUBJECT)
     assert f"{SITE}user/patient" in _links(message)
     _wait_for_status(up, delivery.id, DeliveryStatus.SENT)
-    with up.app_context():
-        with db.engine.begin() as connection:
-            for table in reversed(db.metadata.sorted_tables):
-                connection.execute(sa.delete(table))
+    empty_database(up)
 
 
 def test_email_helpers_classify_failures_and_back_off_with_jitter():

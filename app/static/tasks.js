@@ -5,34 +5,27 @@
 
   function text(el, value) { el.textContent = value; }
 
+  function downloadLink(url) {
+    var link = document.createElement("a");
+    link.href = url;
+    link.className = "download-link";
+    text(link, "Download your export");
+    return link;
+  }
+
   function finish(alert, task) {
-    alert.classList.remove("alert-info");
+    var succeeded = task.state === "SUCCESS";
+    var name = task.description.replace(/\.\.\.$/, "");
     var message = alert.querySelector(".task-message");
+    alert.classList.remove("alert-info");
+    alert.classList.add(succeeded ? "alert-success" : "alert-danger");
+    message.textContent = succeeded
+      ? name + ": done. "
+      : name + " failed: " + (task.error || "something went wrong.") + " ";
+    // A failed export may still have its file (only the email failed): offer it.
+    if (task.download_url) { message.appendChild(downloadLink(task.download_url)); }
     var bar = alert.querySelector(".progress");
-    if (task.state === "SUCCESS") {
-      alert.classList.add("alert-success");
-      message.textContent = task.description.replace(/\.\.\.$/, "") + ": done. ";
-      if (task.download_url) {
-        var link = document.createElement("a");
-        link.href = task.download_url;
-        link.className = "download-link";
-        text(link, "Download your export");
-        message.appendChild(link);
-      }
-      if (bar) { bar.remove(); }
-    } else {
-      alert.classList.add("alert-danger");
-      message.textContent = task.description.replace(/\.\.\.$/, "") + " failed: " +
-        (task.error || "something went wrong.") + " ";
-      if (task.download_url) {
-        var fallback = document.createElement("a");
-        fallback.href = task.download_url;
-        fallback.className = "download-link";
-        text(fallback, "Download your export");
-        message.appendChild(fallback);
-      }
-      if (bar) { bar.remove(); }
-    }
+    if (bar) { bar.remove(); }
   }
 
   function update(alert, task) {

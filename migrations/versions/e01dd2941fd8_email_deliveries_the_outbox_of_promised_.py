@@ -31,7 +31,8 @@ def upgrade():
     sa.Column('updated', sa.DateTime(), nullable=False),
     sa.Column('sent_at', sa.DateTime(), nullable=True),
     sa.ForeignKeyConstraint(['user_id'], ['user.id'], ondelete='SET NULL'),
-    sa.PrimaryKeyConstraint('id')
+    sa.PrimaryKeyConstraint('id'),
+    sqlite_autoincrement=True,
     )
     with op.batch_alter_table('email_delivery', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_email_delivery_kind'), ['kind'], unique=False)
