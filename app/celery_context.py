@@ -115,6 +115,7 @@ class ContextSettings:
     max_bytes: int
     # Header names repeat from request to request: decide once per name.
     _drop_decisions: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
+    _sensitive_names: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ContextSettings:
@@ -134,7 +135,13 @@ class ContextSettings:
         )
 
     def is_sensitive(self, name: str) -> bool:
-        return self.sensitive is not None and self.sensitive.search(name) is not None
+        """Whether a header, form, JSON or query field name is one capture leaves out."""
+        decision = self._sensitive_names.get(name)
+        if decision is None:
+            decision = self.sensitive is not None and self.sensitive.search(name) is not None
+            if len(self._sensitive_names) < 4096:
+                self._sensitive_names[name] = decision
+        return decision
 
     def drops_header(self, environ_key: str) -> bool:
         """Whether an ``HTTP_*`` environ key is a header capture leaves out."""
@@ -291,8 +298,23 @@ def _shrink_to_fit(context: dict[str, Any], encoded: str, settings: ContextSetti
 # --- transport ---------------------------------------------------------------------------
 
 
-def _dumps(context: Mapping[str, Any]) -> str:
-    return json.dumps(context, separators=(",", ":"), ensure_ascii=False)
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+class _ContextSigner(Signer):
+    """itsdangerous' Signer with each key derived once, not at every signature."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._derived: dict[bytes, bytes] = {}
+
+    def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
+        key = self.secret_keys[-1] if secret_key is None else (
+            secret_key.encode() if isinstance(secret_key, str) else secret_key)
+        derived = self._derived.get(key)
+        if derived is None:
+            derived = self._derived[key] = super().derive_key(key)
+        return derived
 
 
 @dataclass
@@ -317,7 +339,7 @@ class _AppState:
         keys = [*(app.config.get("SECRET_KEY_FALLBACKS") or []), app.secret_key]
         return cls(
             settings=ContextSettings.from_config(app.config),
-            signer=Signer(keys, salt=_SIGNING_SALT),
+            signer=_ContextSigner(keys, salt=_SIGNING_SALT),
         )
 
 
@@ -340,6 +362,9 @@ def verify_request_context(app: Flask, token: Any) -> dict[str, Any]:
             f"request context header must be a signed string, found {type(token).__name__}"
         )
     state = _AppState.for_app(app)
+    limit = 4 * state.settings.max_bytes + 256  # what capture can produce, signed, in UTF-8
+    if len(token) > limit:
+        raise ContextRefused(f"request context is {len(token)} characters, above the limit of {limit}")
     try:
         payload = state.signer.unsign(token.encode("utf-8"))
     except BadSignature:
@@ -373,9 +398,7 @@ def _check_shape(context: Any) -> None:
             f"(expected {_FORMAT_VERSION})"
         )
     carried = context.get("e")
-    if not isinstance(carried, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in carried.items()
-    ):
+    if not isinstance(carried, dict) or not all(type(v) is str for v in carried.values()):
         raise ContextRefused("request context environ must map strings to strings")
     form = context.get("f")
     if form is not None and not (
@@ -588,6 +611,13 @@ def celery_settings(config: Mapping[str, Any]) -> dict[str, Any]:
         "task_track_started": True,
         "task_time_limit": config.get("CELERY_TASK_TIME_LIMIT"),
         "task_soft_time_limit": config.get("CELERY_TASK_SOFT_TIME_LIMIT"),
+        # At-least-once: a task is acknowledged when it ends, and one whose worker died
+        # (SIGKILL, OOM) goes back to the queue; unacknowledged messages return after the
+        # visibility timeout (Redis), which must exceed the longest countdown/eta we use.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "broker_transport_options": {"visibility_timeout": config.get("BROKER_VISIBILITY_TIMEOUT", 3600)},
         "broker_connection_retry_on_startup": True,
         # A web request must not hang on a dead broker: fail within about a second.
         "broker_connection_timeout": 2.0,

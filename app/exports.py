@@ -204,10 +204,16 @@ def send_export_email(user, task: Task, path: Path, count: int) -> bool:
     return attach
 
 
-def run_export(task_id: str, user_id: int, celery_task=None) -> str:
-    """The whole job: write the file, email the user, record it. Idempotent by the
-    Task row: an export already finished is not written or emailed again. Any
-    failure ends the row in FAILURE with a message fit for the user, and re-raises."""
+def run_export(task_id: str, user_id: int, celery_task=None, *, retry_email: bool = False) -> str:
+    """The whole job: write the file, email the user, record it.
+
+    Idempotent by the Task row: an export already finished is not written or emailed
+    again, and one whose file is already written (its email failed) only sends the
+    email. Any failure ends the row in FAILURE with a message fit for the user and
+    re-raises, except a transient email failure with ``retry_email``: then the row
+    stays unfinished, says the email is delayed, and the caller retries.
+    """
+    from app.email import describe_failure, is_transient
     from app.models import User
     from app.tasks import finish_task
 
@@ -222,15 +228,46 @@ def run_export(task_id: str, user_id: int, celery_task=None) -> str:
     if user is None or task.user_id != user_id:
         finish_task(task_id, error="The account for this export no longer exists.")
         return "no user"
-    task.state = TaskState.STARTED
+    if task.state == TaskState.PENDING:
+        task.state = TaskState.STARTED
     db.session.commit()
     try:
         return _export_and_notify(task_id, user, celery_task)
+    except ExportEmailError as exc:
+        db.session.rollback()
+        if retry_email and exc.__cause__ is not None and is_transient(exc.__cause__):
+            current_app.logger.warning("Export %s: emailing %s failed (%s); will retry",
+                                       task_id, user.email, describe_failure(exc.__cause__))
+            _set_error(task_id, EMAIL_DELAYED)
+            raise
+        current_app.logger.exception("Export %s for %s: giving up on the email", task_id, user)
+        finish_task(task_id, error=_message_for_user(exc))
+        raise
     except Exception as exc:
         db.session.rollback()
         current_app.logger.exception("Export %s for %s failed", task_id, user)
         finish_task(task_id, error=_message_for_user(exc))
         raise
+
+
+EMAIL_DELAYED = "Your export is ready to download. We could not email you yet and will try again."
+
+
+def _set_error(task_id: str, message: str) -> None:
+    db.session.execute(sa.update(Task).where(Task.id == task_id, Task.finished.is_(None)).values(error=message))
+    db.session.commit()
+
+
+def count_exported_posts(path: Path) -> int:
+    """Posts in a finished export file: each starts with ``{"body": `` and, JSON-escaped,
+    no body can contain that sequence."""
+    marker, count, tail = b'{"body": ', 0, b""
+    with open(path, "rb") as exported:
+        while chunk := exported.read(1 << 20):
+            block = tail + chunk
+            count += block.count(marker)
+            tail = block[-(len(marker) - 1):]  # shorter than a marker: nothing counted twice
+    return count
 
 
 class ExportWriteError(ExportFailed):
@@ -256,13 +293,17 @@ def _export_and_notify(task_id: str, user, celery_task) -> str:
 
     name = export_file_name(task_id)
     destination = exports_dir() / name
-    try:
-        count = write_posts_export(user.id, destination, ProgressReporter(task_id, celery_task))
-    except OSError as exc:
-        raise ExportWriteError(f"could not write {destination}: {exc}") from exc
     task = db.session.get(Task, task_id)
-    task.result_location = name
-    db.session.commit()
+    if task.result_location == name and destination.exists():
+        count = count_exported_posts(destination)  # written by an earlier attempt
+    else:
+        try:
+            count = write_posts_export(user.id, destination, ProgressReporter(task_id, celery_task))
+        except OSError as exc:
+            raise ExportWriteError(f"could not write {destination}: {exc}") from exc
+        task = db.session.get(Task, task_id)
+        task.result_location = name
+        db.session.commit()
     try:
         attached = send_export_email(user, task, destination, count)
     except Exception as exc:

@@ -220,10 +220,16 @@ class AuditEvent(db.Model):
 def launch_task(user: User, celery_task, description: str, *args) -> Task:
     """Record a Task row for ``user``, commit it, then enqueue ``celery_task(*args)``.
 
+    Commits the session. Raises :class:`TaskAlreadyRunning` if the user has an
+    unfinished task of this kind (the database enforces it).
+
     The row is committed before the message is sent, so the worker always finds it;
     if sending fails the row is marked FAILURE (never left running) and
     :class:`TaskNotStarted` is raised.
     """
+    # End any read transaction first: on SQLite a transaction that read, then writes
+    # after another writer committed, fails at once with "database is locked".
+    db.session.commit()
     row = Task(
         id=str(uuid4()),
         name=celery_task.name.rsplit(".", 1)[-1],

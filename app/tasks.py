@@ -38,12 +38,27 @@ def ping(self) -> str:
     return "pong"
 
 
-@celery.task(bind=True)
+@celery.task(bind=True, max_retries=None)
 def export_posts(self, user_id: int) -> str:
-    """Export a user's posts to a file and email them the links (runs in their request)."""
-    from app.exports import run_export
+    """Export a user's posts to a file and email them the links (runs in their request).
 
-    return run_export(self.request.id, user_id, celery_task=self)
+    A transient SMTP failure keeps the file and retries the email with backoff, up to
+    MAIL_RETRY_ATTEMPTS in all; then the export ends in FAILURE, still downloadable."""
+    from flask import current_app
+
+    from app.email import backoff_seconds, is_transient
+    from app.exports import ExportEmailError, run_export
+
+    config = current_app.config
+    may_retry = self.request.retries + 1 < config["MAIL_RETRY_ATTEMPTS"]
+    try:
+        return run_export(self.request.id, user_id, celery_task=self, retry_email=may_retry)
+    except ExportEmailError as exc:
+        if may_retry and exc.__cause__ is not None and is_transient(exc.__cause__):
+            countdown = backoff_seconds(self.request.retries, config["MAIL_RETRY_BACKOFF"],
+                                        config["MAIL_RETRY_BACKOFF_MAX"])
+            raise self.retry(exc=exc, countdown=countdown)
+        raise
 
 
 @celery.task

@@ -11,7 +11,7 @@ from tests.conftest import AuthActions
 
 
 @pytest.fixture
-def make_app(app_environ, tmp_path):
+def make_named_app(app_environ, tmp_path):
     """Build apps on their own database files; dispose of their engines afterwards."""
     apps = []
 
@@ -35,29 +35,29 @@ def usernames(app) -> list[str]:
         return list(db.session.scalars(sa.select(User.username).order_by(User.username)))
 
 
-def test_two_apps_use_their_own_databases(make_app):
-    one, two = make_app("one"), make_app("two")
+def test_two_apps_use_their_own_databases(make_named_app):
+    one, two = make_named_app("one"), make_named_app("two")
     AuthActions(one.test_client()).register("susan")
     AuthActions(two.test_client()).register("bob")
     assert usernames(one) == ["susan"]
     assert usernames(two) == ["bob"]
 
 
-def test_the_same_username_can_register_in_each_app(make_app):
-    one, two = make_app("one"), make_app("two")
+def test_the_same_username_can_register_in_each_app(make_named_app):
+    one, two = make_named_app("one"), make_named_app("two")
     assert AuthActions(one.test_client()).register("susan").status_code == 302
     assert AuthActions(two.test_client()).register("susan").status_code == 302
 
 
-def test_a_user_of_one_app_cannot_log_in_to_the_other(make_app):
-    one, two = make_app("one"), make_app("two")
+def test_a_user_of_one_app_cannot_log_in_to_the_other(make_named_app):
+    one, two = make_named_app("one"), make_named_app("two")
     AuthActions(one.test_client()).register("susan")
     assert AuthActions(one.test_client()).login("susan").status_code == 302
     assert AuthActions(two.test_client()).login("susan").status_code == 401
 
 
-def test_both_apps_serve_pages_interleaved(make_app):
-    one, two = make_app("one"), make_app("two")
+def test_both_apps_serve_pages_interleaved(make_named_app):
+    one, two = make_named_app("one"), make_named_app("two")
     auth_one, auth_two = AuthActions(one.test_client()), AuthActions(two.test_client())
     auth_one.signup("susan")
     auth_two.signup("bob")
@@ -69,19 +69,19 @@ def test_both_apps_serve_pages_interleaved(make_app):
     assert "in two" in page_two and "in one" not in page_two
 
 
-def test_the_latest_app_binds_celery(make_app):
-    one = make_app("one")
+def test_the_latest_app_binds_celery(make_named_app):
+    one = make_named_app("one")
     assert celery.flask_app is one
-    two = make_app("two", REDIS_URL="redis://second-broker.example:6379/0")
+    two = make_named_app("two", REDIS_URL="redis://second-broker.example:6379/0")
     assert celery.flask_app is two
     assert celery.conf.broker_url == "redis://second-broker.example:6379/0"
 
 
-def test_the_first_app_still_serves_after_celery_is_rebound(make_app):
-    one = make_app("one")
+def test_the_first_app_still_serves_after_celery_is_rebound(make_named_app):
+    one = make_named_app("one")
     auth_one = AuthActions(one.test_client())
     auth_one.signup("susan")
-    make_app("two")
+    make_named_app("two")
     assert celery.flask_app is not one
     response = auth_one.post_form("/", {"post": "still here"})
     assert response.status_code == 302
@@ -89,8 +89,8 @@ def test_the_first_app_still_serves_after_celery_is_rebound(make_app):
     assert usernames(one) == ["susan"]
 
 
-def test_each_app_keeps_its_own_celery_context_state(make_app):
-    one, two = make_app("one", SECRET_KEY="first-secret-0123456789"), make_app("two")
+def test_each_app_keeps_its_own_celery_context_state(make_named_app):
+    one, two = make_named_app("one", SECRET_KEY="first-secret-0123456789"), make_named_app("two")
     assert one.extensions["celery_with_context"] is not two.extensions["celery_with_context"]
 
 

@@ -1,0 +1,1 @@
+"""Reliability promises: each module starts and stops real processes and checks one promise."""
