@@ -5,60 +5,29 @@ whose SMTP port they control, so they can keep the mail server down and bring it
 """
 from __future__ import annotations
 
-import os
 import re
-import socket
 
 import pytest
 import sqlalchemy as sa
 
-from app import create_app
-from app.extensions import celery, db
+from app.extensions import db
 from app.models import DeliveryStatus, EmailDelivery, User
-from config import TestingConfig
-from devservers.smtp_sink import start_sink
 from tests.conftest import AuthActions, empty_database
-from tests.support.services import WorkerProcess, wait_until
+from tests.support.services import wait_until
+from tests.support.stacks import MailControlledStack
 
 SITE = "https://welcome.example.org/"
 SUBJECT = "Welcome to Microblog"
 WELCOME_REDIS_DB = 2
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class WelcomeStack:
-    def __init__(self, environ: dict[str, str], smtp_port: int, worker: WorkerProcess) -> None:
-        self.environ = environ
-        self.smtp_port = smtp_port
-        self.worker = worker
-
-    def app(self, **overrides: str):
-        return create_app(TestingConfig({**self.environ, **overrides}))
-
-
 @pytest.fixture(scope="module")
 def welcome_stack(live_stack, redis_service, tmp_path_factory):
     """A worker on Redis DB 2 that mails to a port where nothing listens until a test says so."""
-    directory = tmp_path_factory.mktemp("welcome")
-    smtp_port = _free_port()
-    environ = {
-        **live_stack.environ,
-        "REDIS_URL": redis_service.url_for_db(WELCOME_REDIS_DB),
-        "MAIL_PORT": str(smtp_port),
-        "MAIL_RETRY_ATTEMPTS": "4",
-        "MAIL_RETRY_BACKOFF": "0.4",
-        "MAIL_RETRY_BACKOFF_MAX": "2",
-    }
-    process_env = {**os.environ, **environ, "FLASK_SKIP_DOTENV": "1", "PYTHONUNBUFFERED": "1"}
-    create_app(TestingConfig(environ))  # bind the test process's Celery app to DB 2
-    worker = WorkerProcess(process_env, directory / "worker.log", "-c", "1").start(celery)
-    yield WelcomeStack(environ, smtp_port, worker)
-    worker.stop()
+    stack = MailControlledStack(live_stack.environ, redis_service, WELCOME_REDIS_DB,
+                                tmp_path_factory.mktemp("welcome"))
+    yield stack
+    stack.stop()
 
 
 @pytest.fixture
@@ -73,16 +42,8 @@ def welcome_app(welcome_stack):
 @pytest.fixture
 def smtp_up(welcome_stack):
     """Start a real SMTP server on the stack's port; stop it afterwards."""
-    controllers = []
-
-    def start():
-        controller, sink = start_sink(None, "127.0.0.1", welcome_stack.smtp_port)
-        controllers.append(controller)
-        return sink
-
-    yield start
-    for controller in controllers:
-        controller.stop()
+    yield welcome_stack.start_smtp
+    welcome_stack.stop_smtp()
 
 
 def _delivery(app, username: str) -> EmailDelivery | None:
