@@ -33,11 +33,13 @@ def create_app(config_class: type[Config] | Config | None = None) -> Flask:
     from app.auth import bp as auth_bp
     from app.cli import register_cli
     from app.errors import bp as errors_bp
+    from app.health import bp as health_bp
     from app.main import bp as main_bp
 
     app.register_blueprint(errors_bp)
     app.register_blueprint(auth_bp, url_prefix="/auth")
     app.register_blueprint(main_bp)
+    app.register_blueprint(health_bp)
     audit.init_app(app)
     welcome.init_app(app)
     register_cli(app)
