@@ -45,6 +45,7 @@ from flask import Flask, current_app, has_app_context, has_request_context, requ
 from flask.ctx import RequestContext
 from flask.sessions import SecureCookieSessionInterface
 from itsdangerous import BadSignature, Signer
+from werkzeug import urls as _werkzeug_urls  # noqa: F401  (registers the "werkzeug.url_quote" error handler)
 from werkzeug.datastructures import ImmutableMultiDict
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ _CARRIED_ENVIRON_KEYS = (
     "CONTENT_LENGTH",
     "wsgi.url_scheme",
 )
+_CARRIED_KEY_SET = frozenset(_CARRIED_ENVIRON_KEYS)
 _FORM_MIMETYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 _WSGI_CONSTANTS = {
     "wsgi.version": (1, 0),
@@ -165,19 +167,23 @@ def _environ_header_key(name: str) -> str:
 def capture_request(settings: ContextSettings) -> dict[str, Any]:
     """Reduce the active request to a JSON-able mapping, with credentials scrubbed."""
     environ = request.environ
-    carried: dict[str, str] = {
-        key: value
-        for key, value in environ.items()
-        if key.startswith("HTTP_") and not settings.drops_header(key)
-    }
-    for key in _CARRIED_ENVIRON_KEYS:
-        value = environ.get(key)
-        if value is not None:
+    # One pass, in the environ's order: request.headers lists CONTENT_TYPE and CONTENT_LENGTH
+    # where the server put them among the HTTP_* keys, and the replay must list them there too.
+    carried: dict[str, str] = {}
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            if not settings.drops_header(key):
+                carried[key] = value
+        elif key in _CARRIED_KEY_SET and value is not None:
             # WSGI says str, but servers differ (werkzeug's REMOTE_PORT is an int).
             carried[key] = value if isinstance(value, str) else str(value)
 
     query = carried.get("QUERY_STRING")
-    if query and settings.sensitive is not None and settings.sensitive.search(query):
+    # A field name can be percent-encoded (pas%73word) or raw UTF-8 (which the pattern can
+    # match case-insensitively, as in paſſword): only a plain ASCII query can be judged raw.
+    if query and settings.sensitive is not None and (
+        settings.sensitive.search(query) or "%" in query or not query.isascii()
+    ):
         scrubbed = _scrub_query(query, settings)
         if scrubbed != query:
             carried["QUERY_STRING"] = scrubbed
@@ -187,10 +193,12 @@ def capture_request(settings: ContextSettings) -> dict[str, Any]:
 
     context: dict[str, Any] = {"v": _FORMAT_VERSION, "e": carried}
     if request.mimetype in _FORM_MIMETYPES:
+        # werkzeug names a multipart field it cannot parse the name of (a CR in it) None:
+        # it could be anything, a password too, and no view can ask for it: leave it out.
         context["f"] = [
             [name, value]
             for name, value in request.form.items(multi=True)
-            if not settings.is_sensitive(name)
+            if name is not None and not settings.is_sensitive(name)
         ]
     elif request.content_length:
         _capture_body(context, settings)
@@ -201,12 +209,15 @@ def capture_request(settings: ContextSettings) -> dict[str, Any]:
 
 
 def _scrub_query(query: str, settings: ContextSettings) -> str:
-    kept = [
-        part
-        for part in query.split("&")
-        if not settings.is_sensitive(unquote_plus(part.partition("=")[0], encoding="latin-1"))
-    ]
+    kept = [part for part in query.split("&") if not settings.is_sensitive(_query_name(part))]
     return "&".join(kept)
+
+
+def _query_name(part: str) -> str:
+    """A query field's name as ``request.args`` has it: werkzeug decodes the raw bytes as
+    UTF-8, then percent escapes, keeping invalid ones as ``%XX`` (its url_quote handler)."""
+    raw = part.partition("=")[0].encode("latin-1").decode("utf-8", "replace")
+    return unquote_plus(raw, encoding="utf-8", errors="werkzeug.url_quote")
 
 
 def _capture_body(context: dict[str, Any], settings: ContextSettings) -> None:
@@ -362,7 +373,8 @@ def verify_request_context(app: Flask, token: Any) -> dict[str, Any]:
             f"request context header must be a signed string, found {type(token).__name__}"
         )
     state = _AppState.for_app(app)
-    limit = 4 * state.settings.max_bytes + 256  # what capture can produce, signed, in UTF-8
+    # Capture never sends more than max_bytes characters of payload; the signature adds 28.
+    limit = state.settings.max_bytes + 256
     if len(token) > limit:
         raise ContextRefused(f"request context is {len(token)} characters, above the limit of {limit}")
     try:
@@ -406,6 +418,16 @@ def _check_shape(context: Any) -> None:
         and all(isinstance(p, list) and len(p) == 2 and all(isinstance(s, str) for s in p) for p in form)
     ):
         raise ContextRefused("request context form must be a list of [name, value] string pairs")
+    # Replay decodes these: a bad one must be refused here, not crash the task later.
+    if "b" in context and type(context["b"]) is not str:
+        raise ContextRefused("request context body must be a string")
+    if "b64" in context:
+        try:
+            base64.b64decode(context["b64"], validate=True)
+        except (TypeError, ValueError):  # binascii.Error is a ValueError
+            raise ContextRefused("request context binary body must be base64") from None
+    if "u" in context and type(context["u"]) is not str:
+        raise ContextRefused("request context user id must be a string")
 
 
 # --- replay ------------------------------------------------------------------------------
@@ -600,6 +622,14 @@ class CeleryWithContext(Celery):
 
 def celery_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     """Celery's settings (lower-case names) from the Flask config."""
+    visibility_timeout = int(config.get("BROKER_VISIBILITY_TIMEOUT", 3600))
+    # Workers hand back messages unacknowledged past the visibility timeout when they
+    # start, then every unacked_restore_interval x unacked_restore_throttle seconds:
+    # kombu's 10 x 10 whatever the timeout, so with a timeout of a few seconds a crashed
+    # worker's task still waited up to 100 s for a running worker to take it back.
+    # Look every tenth of the timeout instead, between once a second and every 100 s.
+    restore_every = max(1, min(100, visibility_timeout // 10))
+    restore_interval = min(10, restore_every)
     settings = {
         "broker_url": config["CELERY_BROKER_URL"],
         "result_backend": config["CELERY_RESULT_BACKEND"],
@@ -617,7 +647,11 @@ def celery_settings(config: Mapping[str, Any]) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "broker_transport_options": {"visibility_timeout": config.get("BROKER_VISIBILITY_TIMEOUT", 3600)},
+        "broker_transport_options": {
+            "visibility_timeout": visibility_timeout,
+            "unacked_restore_interval": restore_interval,
+            "unacked_restore_throttle": restore_every // restore_interval,
+        },
         "broker_connection_retry_on_startup": True,
         # A web request must not hang on a dead broker: fail within about a second.
         "broker_connection_timeout": 2.0,

@@ -18,6 +18,14 @@ def _patient_result_backend_in_workers(conf=None, **_kwargs) -> None:
         }
 
 
+@celeryd_init.connect
+def _survive_broker_loss(**_kwargs) -> None:
+    """Reconnect, rather than exit, when Redis goes away while messages are unacked."""
+    from app.broker import survive_broker_loss_with_unacked_messages
+
+    survive_broker_loss_with_unacked_messages()
+
+
 def finish_task(task_id: str, *, error: str | None = None) -> Task | None:
     """Mark a Task row finished (SUCCESS, or FAILURE with ``error``); None if it is gone."""
     row = db.session.get(Task, task_id)

@@ -1,0 +1,41 @@
+"""A worker must survive losing the Redis broker while it holds unacknowledged messages.
+
+When the broker connection drops, Celery's consumer (``on_connection_error_after_connected``)
+first calls ``connection.collect()``, which detaches the kombu transport from its
+connection (``transport.client = None``) even though closing the default channel failed
+(Redis is gone), and then ``connection.close()``, which closes that channel again. If the
+worker holds unacknowledged messages (an ETA task such as a delayed welcome email, or a
+running ``acks_late`` task), the channel tries to put them back on the queue, builds a
+new Redis connection pool from ``transport.client``, and fails with ``AttributeError:
+'NoneType' object has no attribute 'hostname'``. That is not a connection error, so the
+consumer does not reconnect: the worker logs "Unrecoverable error" and exits.
+
+Raising a Redis ``ConnectionError`` there instead makes the close path treat it as what
+it is, a broker that cannot be reached: the error is ignored and the consumer reconnects
+with its usual backoff. The messages are not lost: Redis keeps them in the unacked set
+and kombu hands them out again after the visibility timeout.
+"""
+from __future__ import annotations
+
+from functools import wraps
+
+
+def survive_broker_loss_with_unacked_messages() -> None:
+    """Patch kombu's Redis channel once (in the worker; harmless elsewhere)."""
+    from kombu.transport import redis as kombu_redis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    channel = kombu_redis.Channel
+    original = channel._connparams
+    if getattr(original, "_detached_transport_is_a_connection_error", False):
+        return
+
+    @wraps(original)
+    def _connparams(self, *args, **kwargs):
+        transport = self.connection
+        if transport is None or getattr(transport, "client", None) is None:
+            raise RedisConnectionError("the broker connection of this channel is closed")
+        return original(self, *args, **kwargs)
+
+    _connparams._detached_transport_is_a_connection_error = True
+    channel._connparams = _connparams
