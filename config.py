@@ -87,9 +87,10 @@ class Config:
         self.REDIS_URL = get("REDIS_URL") or redis_socket_url(Path(self.EMBEDDED_REDIS_SOCKET))
         self.CELERY_BROKER_URL = get("CELERY_BROKER_URL") or self.REDIS_URL
         self.CELERY_RESULT_BACKEND = get("CELERY_RESULT_BACKEND") or self.REDIS_URL
-        # Seconds before Redis hands an unacknowledged task to another worker.
+        # Seconds before Redis hands an unacknowledged task to another worker: above the
+        # task time limit and the longest countdown, or a slow task could run twice.
         self.BROKER_VISIBILITY_TIMEOUT = _int(
-            "BROKER_VISIBILITY_TIMEOUT", get("BROKER_VISIBILITY_TIMEOUT"), 3600
+            "BROKER_VISIBILITY_TIMEOUT", get("BROKER_VISIBILITY_TIMEOUT"), 7200
         )
         self.CELERY_TASK_TIME_LIMIT = _int("CELERY_TASK_TIME_LIMIT", get("CELERY_TASK_TIME_LIMIT"), 3600)
         self.CELERY_TASK_SOFT_TIME_LIMIT = _int(

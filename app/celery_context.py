@@ -622,7 +622,7 @@ class CeleryWithContext(Celery):
 
 def celery_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     """Celery's settings (lower-case names) from the Flask config."""
-    visibility_timeout = int(config.get("BROKER_VISIBILITY_TIMEOUT", 3600))
+    visibility_timeout = int(config.get("BROKER_VISIBILITY_TIMEOUT", 7200))
     # Workers hand back messages unacknowledged past the visibility timeout when they
     # start, then every unacked_restore_interval x unacked_restore_throttle seconds:
     # kombu's 10 x 10 whatever the timeout, so with a timeout of a few seconds a crashed
