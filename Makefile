@@ -34,6 +34,7 @@ test: install-dev
 
 bench: install-dev
 	$(BIN)/python bench/context_overhead.py
+	$(BIN)/python bench/export_scaling.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

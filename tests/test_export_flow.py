@@ -150,9 +150,12 @@ def test_failed_export_ends_in_failure_with_a_message_and_no_email(live_app, liv
     assert status["download_url"] is None
     assert mail_sink.received(EXPORT_SUBJECT) == []
     assert auth.get(f"/exports/{task.id}").status_code == 404  # failed: there is no file
-    log = wait_until(lambda: "could not write" in live_stack.worker.log() and live_stack.worker.log(), 10,
-                     message="the failure in the worker log")
-    assert "Traceback" in log
+    def logged():  # this export's own failure, with its traceback
+        log = live_stack.worker.log()
+        own = log[log.find(f"Export {task.id} for"):] if f"Export {task.id} for" in log else ""
+        return "Traceback" in own and "could not write" in own
+
+    wait_until(logged, 10, message="this export's failure and traceback in the worker log")
     with live_app.app_context():  # the slot is free again: a new export may start
         assert db.session.get(Task, task.id).finished is not None
         assert db.session.get(Task, task.id).user.task_in_progress("export_posts") is None
