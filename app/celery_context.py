@@ -45,6 +45,7 @@ from flask import Flask, current_app, has_app_context, has_request_context, requ
 from flask.ctx import RequestContext
 from flask.sessions import SecureCookieSessionInterface
 from itsdangerous import BadSignature, Signer
+from kombu import Queue
 from werkzeug import urls as _werkzeug_urls  # noqa: F401  (registers the "werkzeug.url_quote" error handler)
 from werkzeug.datastructures import ImmutableMultiDict
 
@@ -665,6 +666,15 @@ def celery_settings(config: Mapping[str, Any]) -> dict[str, Any]:
         "worker_hijack_root_logger": True,
         "enable_utc": True,
         "timezone": "UTC",
+        # Exports and emails have queues of their own, so each can get its own workers
+        # (`worker -Q exports`, `-Q mail`); a worker started without -Q consumes all three.
+        "task_default_queue": "celery",
+        "task_queues": tuple(Queue(name) for name in ("celery", "exports", "mail")),
+        "task_routes": {
+            "app.tasks.export_posts": {"queue": "exports"},
+            "app.tasks.send_welcome_email": {"queue": "mail"},
+            "app.tasks.send_email_task": {"queue": "mail"},
+        },
         "beat_schedule": {
             "cleanup-exports": {"task": "app.tasks.cleanup_exports", "schedule": 3600.0},
             "requeue-stalled-emails": {"task": "app.tasks.requeue_stalled_emails", "schedule": 300.0},
