@@ -61,6 +61,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from config import redis_socket_url  # noqa: E402
+from devservers.processes import die_with_parent, stop_process_group  # noqa: E402
 from devservers.redis_server import start_redis  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -103,21 +104,8 @@ def realistic_headers(session_cookie: str) -> dict[str, str]:
 # --- processes -----------------------------------------------------------------------------
 
 
-def _load_prctl():
-    try:
-        import ctypes
-
-        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
-    except (ImportError, OSError, AttributeError):
-        return None
-
-
-_PRCTL = _load_prctl() if sys.platform == "linux" else None
-
-
-def _die_with_parent() -> None:
-    """In the worker, between fork and exec: get SIGTERM if the benchmark dies."""
-    _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG; the finally block is the real cleanup
+#: SIGTERM a worker if the benchmark dies; the finally block is the real cleanup.
+_die_with_parent = die_with_parent(signal.SIGTERM)
 
 
 class Worker:
@@ -133,7 +121,7 @@ class Worker:
              "--without-gossip", "--without-mingle", "-Q", queue, "-l", "warning",
              "-n", self.hostname],
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=_die_with_parent if _PRCTL is not None else None,
+            start_new_session=True, preexec_fn=_die_with_parent,
         )
 
     def wait_ready(self, celery_app, deadline: float) -> None:
@@ -153,21 +141,7 @@ class Worker:
 
     def stop(self, timeout: float = 20.0) -> None:
         try:
-            if self.process.poll() is None:
-                try:
-                    os.killpg(self.process.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-                try:
-                    self.process.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                    self.process.wait(10)
-            # The prefork child is in the same group: make sure nothing of it survives.
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            stop_process_group(self.process, timeout)
         finally:
             self._log.close()
 

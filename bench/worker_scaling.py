@@ -43,8 +43,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.context_overhead import _PRCTL, _die_with_parent, _loadavg, _raise_on_signal  # noqa: E402
+from bench.context_overhead import _die_with_parent, _loadavg, _raise_on_signal  # noqa: E402
 from config import redis_socket_url  # noqa: E402
+from devservers.processes import stop_process_group  # noqa: E402
 from devservers.redis_server import start_redis  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -72,7 +73,7 @@ class Worker:
              "-c", str(concurrency), "-P", "prefork", "--without-gossip", "--without-mingle",
              "-Q", QUEUES, "-l", "warning", "-n", self.hostname],
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=_die_with_parent if _PRCTL is not None else None,
+            start_new_session=True, preexec_fn=_die_with_parent,
         )
 
     def log(self) -> str:
@@ -95,20 +96,7 @@ class Worker:
 
     def stop(self, timeout: float = 20.0) -> None:
         try:
-            if self.process.poll() is None:
-                try:
-                    os.killpg(self.process.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-                try:
-                    self.process.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                    self.process.wait(10)
-            try:  # the prefork children share the group: nothing of it survives
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            stop_process_group(self.process, timeout)
         finally:
             self._log.close()
 

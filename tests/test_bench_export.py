@@ -1,17 +1,16 @@
 """bench/export_scaling.py runs end to end: it checks the benchmark works, not its timings."""
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 
 import pytest
 
+from tests.support.bench import NUMBER, run_quick
 from tests.support.services import ROOT
 
 TIMEOUT = 180
-NUMBER = r"(\d+(?:\.\d+)?)"
 #: posts, ours s, naive s, time x, ours MB, naive MB, mem x, ours +MB, naive +MB
 ROW = re.compile(
     rf"^\s*(?P<posts>\d+)\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x"
@@ -23,19 +22,7 @@ QUICK_SIZES = (2000, 20000)
 
 @pytest.mark.timeout(TIMEOUT + 30)
 def test_quick_benchmark_runs_and_prints_a_row_per_size():
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "FLASK_SKIP_DOTENV": "1"}
-    try:
-        process = subprocess.run(
-            [sys.executable, str(ROOT / "bench" / "export_scaling.py"), "--quick"],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            timeout=TIMEOUT,
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"the quick benchmark did not finish in {TIMEOUT}s:\n{exc.output}")
-    output = process.stdout
-
-    assert process.returncode == 0, output
-    assert "Traceback" not in output, output
+    output = run_quick("export_scaling.py", TIMEOUT)
     rows = {int(match["posts"]): [float(match.group(i)) for i in range(2, 10)] for match in ROW.finditer(output)}
     assert sorted(rows) == list(QUICK_SIZES), output
     for posts, (ours_s, naive_s, time_x, ours_mb, naive_mb, mem_x, _ours_growth, _naive_growth) in rows.items():

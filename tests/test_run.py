@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -189,15 +188,18 @@ class Run:
                 os.killpg(self.runner.pid, signal.SIGKILL)
                 self.runner.wait(10)
         # ...and anything left (its processes run in their own sessions) is killed here.
-        deadline = time.monotonic() + 10
-        while (left := self.pids()) and time.monotonic() < deadline:
-            for pid in left:
+        def all_gone() -> bool:
+            for pid in self.pids():
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-            time.sleep(0.1)
-        shutil.rmtree(self.directory, ignore_errors=True)
+            return not self.pids()
+
+        try:
+            wait_until(all_gone, 10, interval=0.1, message="the run's processes to be gone")
+        finally:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import os
 
 from celery import chord, group
 from celery.signals import worker_process_init
-from flask import current_app, g, has_request_context, render_template_string, request, url_for
+from flask import g, has_request_context, render_template_string, request, url_for
 from flask_login import current_user
 
 from app.extensions import celery, db

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 import redis
 
 from config import redis_socket_url
+from devservers.processes import die_with_parent, stop_process_group
 from devservers.redis_server import start_redis
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,12 +31,8 @@ def wait_until(predicate: Callable[[], object], timeout: float = 30.0, interval:
         time.sleep(interval)
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGKILL this child when the test process dies, however it dies."""
-    import ctypes
-
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+#: SIGKILL a child when the test process dies, however it dies (Linux).
+_die_with_parent = die_with_parent()
 
 
 class RedisService:
@@ -110,11 +106,5 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self, timeout: float = 20.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
+        if self.process is not None:
+            stop_process_group(self.process, timeout)
