@@ -28,6 +28,7 @@ carried: pass what a task needs as arguments.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import re
@@ -36,18 +37,26 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from io import BytesIO
+from itertools import chain
 from typing import Any
 from urllib.parse import unquote_plus
 
+import orjson
 from celery import Celery, Task
 from celery import current_task as _current_celery_task
 from flask import Flask, current_app, has_app_context, has_request_context, request
 from flask.ctx import RequestContext
+from flask.globals import _cv_request
 from flask.sessions import SecureCookieSessionInterface
 from itsdangerous import BadSignature, Signer
 from kombu import Queue
 from werkzeug import urls as _werkzeug_urls  # noqa: F401  (registers the "werkzeug.url_quote" error handler)
 from werkzeug.datastructures import ImmutableMultiDict
+
+try:  # Flask-Login is optional: without it no user is carried
+    from flask_login import current_user as _current_user
+except ImportError:  # pragma: no cover - the app installs it
+    _current_user = None
 
 logger = logging.getLogger(__name__)
 
@@ -116,9 +125,11 @@ class ContextSettings:
     drop_headers: frozenset[str]
     sensitive: re.Pattern[str] | None
     max_bytes: int
-    # Header names repeat from request to request: decide once per name.
-    _drop_decisions: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
+    # Environ keys, field names and query names repeat from request to request: capture
+    # decides once per name (up to _MAX_DECISIONS names each) and then only looks up.
+    _carried_keys: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
     _sensitive_names: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
+    _sensitive_query_names: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ContextSettings:
@@ -142,20 +153,41 @@ class ContextSettings:
         decision = self._sensitive_names.get(name)
         if decision is None:
             decision = self.sensitive is not None and self.sensitive.search(name) is not None
-            if len(self._sensitive_names) < 4096:
-                self._sensitive_names[name] = decision
+            _remember(self._sensitive_names, name, decision)
         return decision
 
     def drops_header(self, environ_key: str) -> bool:
         """Whether an ``HTTP_*`` environ key is a header capture leaves out."""
-        decision = self._drop_decisions.get(environ_key)
+        return environ_key in self.drop_headers or self.is_sensitive(environ_key[5:].replace("_", "-"))
+
+    def carries(self, environ_key: str) -> bool:
+        """Whether capture keeps this environ key: a request field werkzeug reads, or a
+        header that is neither dropped nor sensitive."""
+        decision = self._carried_keys.get(environ_key)
         if decision is None:
-            decision = environ_key in self.drop_headers or self.is_sensitive(
-                environ_key[5:].replace("_", "-")
-            )
-            if len(self._drop_decisions) < 4096:
-                self._drop_decisions[environ_key] = decision
+            if environ_key.startswith("HTTP_"):
+                decision = not self.drops_header(environ_key)
+            else:
+                decision = environ_key in _CARRIED_KEY_SET
+            _remember(self._carried_keys, environ_key, decision)
         return decision
+
+    def is_sensitive_query_name(self, raw_name: str) -> bool:
+        """Whether a query field, by its raw (undecoded) name, is one capture leaves out."""
+        decision = self._sensitive_query_names.get(raw_name)
+        if decision is None:
+            decision = self.is_sensitive(_query_name(raw_name))
+            _remember(self._sensitive_query_names, raw_name, decision)
+        return decision
+
+
+_MAX_DECISIONS = 4096
+
+
+def _remember(decisions: dict[str, bool], name: str, decision: bool) -> None:
+    # Bounded: a client inventing a new header name per request costs a lookup, not memory.
+    if len(decisions) < _MAX_DECISIONS:
+        decisions[name] = decision
 
 
 def _environ_header_key(name: str) -> str:
@@ -167,27 +199,24 @@ def _environ_header_key(name: str) -> str:
 
 def capture_request(settings: ContextSettings) -> dict[str, Any]:
     """Reduce the active request to a JSON-able mapping, with credentials scrubbed."""
-    environ = request.environ
     # One pass, in the environ's order: request.headers lists CONTENT_TYPE and CONTENT_LENGTH
     # where the server put them among the HTTP_* keys, and the replay must list them there too.
+    carries = settings._carried_keys.get
     carried: dict[str, str] = {}
-    for key, value in environ.items():
-        if key.startswith("HTTP_"):
-            if not settings.drops_header(key):
-                carried[key] = value
-        elif key in _CARRIED_KEY_SET and value is not None:
+    for key, value in request.environ.items():
+        keep = carries(key)
+        if keep is None:
+            keep = settings.carries(key)
+        if keep and value is not None:
             # WSGI says str, but servers differ (werkzeug's REMOTE_PORT is an int).
-            carried[key] = value if isinstance(value, str) else str(value)
+            carried[key] = value if type(value) is str else str(value)
 
     query = carried.get("QUERY_STRING")
-    # A field name can be percent-encoded (pas%73word) or raw UTF-8 (which the pattern can
-    # match case-insensitively, as in paſſword): only a plain ASCII query can be judged raw.
-    if query and settings.sensitive is not None and (
-        settings.sensitive.search(query) or "%" in query or not query.isascii()
-    ):
-        scrubbed = _scrub_query(query, settings)
-        if scrubbed != query:
-            carried["QUERY_STRING"] = scrubbed
+    if query and settings.sensitive is not None:
+        kept = [part for part in query.split("&")
+                if not settings.is_sensitive_query_name(part.partition("=")[0])]
+        if len(kept) != query.count("&") + 1:
+            carried["QUERY_STRING"] = "&".join(kept)
             # The raw request line repeats the query: drop it rather than leak it.
             carried.pop("REQUEST_URI", None)
             carried.pop("RAW_URI", None)
@@ -209,15 +238,11 @@ def capture_request(settings: ContextSettings) -> dict[str, Any]:
     return context
 
 
-def _scrub_query(query: str, settings: ContextSettings) -> str:
-    kept = [part for part in query.split("&") if not settings.is_sensitive(_query_name(part))]
-    return "&".join(kept)
-
-
-def _query_name(part: str) -> str:
+def _query_name(raw_name: str) -> str:
     """A query field's name as ``request.args`` has it: werkzeug decodes the raw bytes as
-    UTF-8, then percent escapes, keeping invalid ones as ``%XX`` (its url_quote handler)."""
-    raw = part.partition("=")[0].encode("latin-1").decode("utf-8", "replace")
+    UTF-8, then percent escapes, keeping invalid ones as ``%XX`` (its url_quote handler).
+    Judging the decoded name catches ``pas%73word`` and UTF-8 spellings alike."""
+    raw = raw_name.encode("latin-1").decode("utf-8", "replace")
     return unquote_plus(raw, encoding="utf-8", errors="werkzeug.url_quote")
 
 
@@ -236,7 +261,7 @@ def _capture_body(context: dict[str, Any], settings: ContextSettings) -> None:
         if document is not None:
             scrubbed, changed = _scrub_json(document, settings)
             if changed:
-                body = json.dumps(scrubbed, separators=(",", ":"), ensure_ascii=False).encode()
+                body = _encode(scrubbed)
     carried["CONTENT_LENGTH"] = str(len(body))
     try:
         context["b"] = body.decode("utf-8")
@@ -262,17 +287,15 @@ def _scrub_json(value: Any, settings: ContextSettings) -> tuple[Any, bool]:
 
 
 def _current_user_id() -> str | None:
-    login_manager = getattr(current_app, "login_manager", None)
-    if login_manager is None:
+    if _current_user is None or getattr(current_app, "login_manager", None) is None:
         return None
-    from flask_login import current_user
-
-    if current_user.is_authenticated:
-        return str(current_user.get_id())
+    user = _current_user._get_current_object()  # one proxy lookup, not one per attribute
+    if user.is_authenticated:
+        return str(user.get_id())
     return None
 
 
-def _shrink_to_fit(context: dict[str, Any], encoded: str, settings: ContextSettings) -> str | None:
+def _shrink_to_fit(context: dict[str, Any], encoded: bytes, settings: ContextSettings) -> bytes | None:
     """Drop the body and form, then headers and query, until the context fits."""
     size = len(encoded)
     for stage in ("body", "headers"):
@@ -287,7 +310,7 @@ def _shrink_to_fit(context: dict[str, Any], encoded: str, settings: ContextSetti
             for key in ("QUERY_STRING", "REQUEST_URI", "RAW_URI"):
                 carried.pop(key, None)
         context["dropped"] = stage
-        encoded = _dumps(context)
+        encoded = _encode(context)
         if len(encoded) <= settings.max_bytes:
             logger.warning(
                 "Request context of %d bytes is above CELERY_CONTEXT_MAX_BYTES=%d; "
@@ -310,11 +333,29 @@ def _shrink_to_fit(context: dict[str, Any], encoded: str, settings: ContextSetti
 # --- transport ---------------------------------------------------------------------------
 
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+def _encode(value: Any) -> bytes:
+    """Compact UTF-8 JSON. orjson, because the json module costs several times more
+    here, on every task sent; a lone surrogate (a JSON body's ``"\\ud800"``), which
+    UTF-8 cannot hold, falls back to ASCII JSON with escapes."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return json.dumps(value, separators=(",", ":")).encode("ascii")
+
+
+def _decode(payload: bytes | str) -> Any:
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return json.loads(payload)  # _encode's fallback (escaped surrogates); else ValueError
 
 
 class _ContextSigner(Signer):
-    """itsdangerous' Signer with each key derived once, not at every signature."""
+    """itsdangerous' Signer with each key derived once, not at every signature, and
+    OpenSSL's HMAC: its default SHA-1 is a Python function, which sends ``hmac`` down
+    its pure-Python path. Same algorithm, same signatures."""
+
+    default_digest_method = staticmethod(hashlib.sha1)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -359,12 +400,12 @@ def sign_request_context(app: Flask) -> str | None:
     """Capture the active request and sign it: the value of :data:`CONTEXT_HEADER`."""
     state = _AppState.for_app(app)
     context = capture_request(state.settings)
-    encoded = _dumps(context)
+    encoded = _encode(context)
     if len(encoded) > state.settings.max_bytes:
         encoded = _shrink_to_fit(context, encoded, state.settings)
         if encoded is None:
             return None
-    return state.signer.sign(encoded.encode("utf-8")).decode("utf-8")
+    return state.signer.sign(encoded).decode("utf-8")
 
 
 def verify_request_context(app: Flask, token: Any) -> dict[str, Any]:
@@ -374,7 +415,7 @@ def verify_request_context(app: Flask, token: Any) -> dict[str, Any]:
             f"request context header must be a signed string, found {type(token).__name__}"
         )
     state = _AppState.for_app(app)
-    # Capture never sends more than max_bytes characters of payload; the signature adds 28.
+    # Capture never sends more than max_bytes bytes of payload; the signature adds 28.
     limit = state.settings.max_bytes + 256
     if len(token) > limit:
         raise ContextRefused(f"request context is {len(token)} characters, above the limit of {limit}")
@@ -387,7 +428,7 @@ def verify_request_context(app: Flask, token: Any) -> dict[str, Any]:
             "request context signature does not match: tampered, truncated or signed with another secret"
         ) from None
     try:
-        context = json.loads(payload)
+        context = _decode(payload)
     except ValueError:
         raise ContextRefused("request context is signed but its payload is not valid JSON") from None
     _check_shape(context)
@@ -396,7 +437,7 @@ def verify_request_context(app: Flask, token: Any) -> dict[str, Any]:
 
 def _is_bare_json(token: str) -> bool:
     try:
-        json.loads(token)
+        _decode(token)
     except ValueError:
         return False
     return True
@@ -465,23 +506,41 @@ def replay_request(app: Flask, context: Mapping[str, Any], token: str) -> Iterat
     On a normal exit the app's ``after_request`` hooks run on an empty 200 response,
     whatever the task returned; teardown hooks run in every case.
     """
-    session = None
-    if type(app.session_interface) is SecureCookieSessionInterface:
-        # No cookie is carried, so the session starts empty: skip decoding one.
-        session = app.session_interface.session_class()
-    ctx = RequestContext(app, _environ_from_context(context, token), session=session)
-    with ctx:
-        form = context.get("f")
-        if form is not None:
-            # The body was parsed in the view; hand werkzeug the parsed form directly.
-            ctx.request.__dict__.update(
-                form=ImmutableMultiDict(form), files=ImmutableMultiDict(), stream=BytesIO()
-            )
+    environ = _environ_from_context(context, token)
+    replayed = app.request_class(environ)
+    replayed.json_module = app.json
+    form = context.get("f")
+    if form is not None:
+        # The body was parsed in the view; hand werkzeug the parsed form directly.
+        replayed.__dict__.update(form=ImmutableMultiDict(form), files=ImmutableMultiDict(), stream=BytesIO())
+    # No cookie is carried, so the session starts empty (and nothing is decoded).
+    session = app.session_interface.session_class() if _plain_session_interface(app) else None
+    with RequestContext(app, environ, request=replayed, session=session) as ctx:
         user_id = context.get("u")
         if user_id is not None:
             _restore_user(app, user_id)
         yield ctx
-        app.process_response(app.response_class())
+        _run_after_request_hooks(app, app.response_class())
+
+
+def _plain_session_interface(app: Flask) -> bool:
+    return type(app.session_interface) is SecureCookieSessionInterface
+
+
+def _run_after_request_hooks(app: Flask, response: Any) -> Any:
+    """``app.process_response`` without saving the session: the response reaches no
+    browser, so a cookie would go nowhere and a server-side session would be written for
+    nobody. An app that overrides ``process_response`` gets its own, in full."""
+    if type(app).process_response is not Flask.process_response:
+        return app.process_response(response)
+    ctx = _cv_request.get()
+    for hook in ctx._after_request_functions:
+        response = app.ensure_sync(hook)(response)
+    hooks = app.after_request_funcs
+    for name in chain(ctx.request.blueprints, (None,)):
+        for hook in reversed(hooks.get(name, ())):
+            response = app.ensure_sync(hook)(response)
+    return response
 
 
 def _restore_user(app: Flask, user_id: str) -> None:

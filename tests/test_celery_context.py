@@ -5,7 +5,8 @@ import logging
 from types import SimpleNamespace
 
 import pytest
-from flask import g, request, url_for
+from flask import Blueprint, Flask, after_this_request, g, request, url_for
+from flask.sessions import SecureCookieSessionInterface
 
 from app import create_app
 from app.celery_context import (
@@ -13,7 +14,9 @@ from app.celery_context import (
     ContextRefused,
     ContextSettings,
     _header_from,
+    _run_after_request_hooks,
     capture_request,
+    replay_request,
     sign_request_context,
     verify_request_context,
 )
@@ -176,6 +179,18 @@ def test_oversized_body_is_dropped_first_and_logged_once(app_environ, caplog):
     assert len([r for r in caplog.records if "CELERY_CONTEXT_MAX_BYTES" in r.getMessage()]) == 1
 
 
+def test_a_scrubbed_json_body_with_a_lone_surrogate_still_travels(app):
+    # "\ud800" is valid JSON but not valid UTF-8 once decoded: re-encoding the scrubbed
+    # body must not fail the send, and the task must see the same document minus the secret.
+    body = b'{"password": "hunter2", "note": "\\ud800 tail", "n": [1, "\\u00e9"]}'
+    with app.test_request_context("/json", method="POST", data=body, content_type="application/json"):
+        token = sign_request_context(app)
+    context = verify_request_context(app, token)
+    assert b"hunter2" not in token.encode()
+    with replay_request(app, context, token):
+        assert request.get_json() == {"note": "\ud800 tail", "n": [1, "\u00e9"]}
+
+
 def test_huge_headers_are_dropped_next_and_a_huge_path_sends_no_context(app_environ, caplog):
     app = make_app(app_environ, CELERY_CONTEXT_MAX_BYTES=4096)
     with app.test_request_context("/h?q=1", headers={"X-Huge": "h" * 5000}):
@@ -237,3 +252,62 @@ def test_header_is_read_wherever_celery_or_tools_put_it(holder):
 def test_no_header_reads_as_none():
     assert _header_from(SimpleNamespace(headers=None)) is None
     assert _header_from(None) is None
+
+
+def test_replay_runs_the_hooks_flask_would_and_saves_no_session(app_environ):
+    app = make_app(app_environ)
+    calls = []
+    probe = Blueprint("probe_hooks", __name__)
+
+    @probe.route("/probe/<int:number>")
+    def numbered(number):
+        return ""
+
+    @probe.after_request
+    def blueprint_hook(response):
+        calls.append("blueprint")
+        return response
+
+    app.register_blueprint(probe)
+
+    @app.after_request
+    def app_hook(response):
+        calls.append("app")
+        return response
+
+    saved = []
+
+    class RecordingSessions(SecureCookieSessionInterface):
+        """Stands for a server-side session store: a save would write a record."""
+
+        def save_session(self, *args):
+            saved.append(args)
+
+    app.session_interface = RecordingSessions()
+    with app.test_request_context("/probe/7", base_url="https://blog.example.org"):
+        token = sign_request_context(app)
+
+    with replay_request(app, verify_request_context(app, token), token):
+        assert request.view_args == {"number": 7} and request.blueprint == "probe_hooks"
+
+        @after_this_request
+        def this_request_only(response):
+            calls.append("this request")
+            return response
+
+    assert calls == ["this request", "blueprint", "app"]  # Flask's order
+    assert saved == []  # the worker's response reaches nobody: no session is written
+
+
+def test_an_app_overriding_process_response_gets_its_own():
+    seen = []
+
+    class CustomFlask(Flask):
+        def process_response(self, response):
+            seen.append("custom")
+            return super().process_response(response)
+
+    custom = CustomFlask(__name__)
+    with custom.test_request_context("/"):
+        _run_after_request_hooks(custom, custom.response_class())
+    assert seen == ["custom"]
