@@ -127,6 +127,10 @@ class Config:
         self.MAIL_RETRY_BACKOFF_MAX = _float("MAIL_RETRY_BACKOFF_MAX", get("MAIL_RETRY_BACKOFF_MAX"), 1800.0)
         self.EXPORTS_DIR = get("EXPORTS_DIR") or str(instance / "exports")
         self.EXPORT_RETENTION_DAYS = _int("EXPORT_RETENTION_DAYS", get("EXPORT_RETENTION_DAYS"), 7)
+        # celery beat's periods (seconds): the export cleanup, and re-sending emails whose
+        # enqueue failed.
+        self.EXPORT_CLEANUP_INTERVAL = _float("EXPORT_CLEANUP_INTERVAL", get("EXPORT_CLEANUP_INTERVAL"), 3600.0)
+        self.EMAIL_REQUEUE_INTERVAL = _float("EMAIL_REQUEUE_INTERVAL", get("EMAIL_REQUEUE_INTERVAL"), 300.0)
         self.MAIL_MAX_ATTACHMENT_BYTES = _int(
             "MAIL_MAX_ATTACHMENT_BYTES", get("MAIL_MAX_ATTACHMENT_BYTES"), 5 * 1024 * 1024
         )

@@ -735,8 +735,10 @@ def celery_settings(config: Mapping[str, Any]) -> dict[str, Any]:
             "app.tasks.send_email_task": {"queue": "mail"},
         },
         "beat_schedule": {
-            "cleanup-exports": {"task": "app.tasks.cleanup_exports", "schedule": 3600.0},
-            "requeue-stalled-emails": {"task": "app.tasks.requeue_stalled_emails", "schedule": 300.0},
+            "cleanup-exports": {"task": "app.tasks.cleanup_exports",
+                                "schedule": float(config.get("EXPORT_CLEANUP_INTERVAL", 3600.0))},
+            "requeue-stalled-emails": {"task": "app.tasks.requeue_stalled_emails",
+                                       "schedule": float(config.get("EMAIL_REQUEUE_INTERVAL", 300.0))},
         },
     }
     settings.update(config.get("CELERY") or {})

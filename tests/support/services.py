@@ -108,3 +108,26 @@ class WorkerProcess:
     def stop(self, timeout: float = 20.0) -> None:
         if self.process is not None:
             stop_process_group(self.process, timeout)
+
+
+class BeatProcess:
+    """``celery -A celery_worker.celery beat`` with its schedule file in ``directory``."""
+
+    def __init__(self, env: Mapping[str, str], directory: Path) -> None:
+        self.log_path = directory / "beat.log"
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [str(BIN / "celery"), "-A", "celery_worker.celery", "beat", "-l", "info",
+             "-s", str(directory / "celerybeat-schedule"), "--pidfile=", "--max-interval", "1"],
+            cwd=ROOT, env=dict(env), stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 20.0) -> None:
+        try:
+            stop_process_group(self.process, timeout)
+        finally:
+            self._log.close()
