@@ -56,7 +56,9 @@ def mail_sink(smtp_server):
 
 
 #: Redis logical databases: in-process apps never share a queue with the live worker,
-#: which would otherwise run their tasks against its own database.
+#: which would otherwise run their tasks against its own database. One per stack:
+#: 0 live, 1 unit, 2 welcome, 3 worker crash, 4 mail outage, 5 routing, 6 flower,
+#: 7 PostgreSQL, 8 RabbitMQ results, 9 PostgreSQL's idle queue, 10 beat, 12 concurrency.
 LIVE_REDIS_DB = 0
 UNIT_REDIS_DB = 1
 

@@ -2,7 +2,7 @@
 
 A real ``celery beat`` process with short periods (EXPORT_CLEANUP_INTERVAL,
 EMAIL_REQUEUE_INTERVAL) sends the periodic tasks to a real worker of this module's
-own (Redis DB 9, the live database). Tasks started by beat have no request: their
+own (Redis DB 10, the live database). Tasks started by beat have no request: their
 links come from SERVER_NAME and PREFERRED_URL_SCHEME, while an email whose request
 was recorded is built in that request (here its https scheme; with SERVER_NAME set,
 Flask puts every external link on SERVER_NAME, in views and tasks alike).
@@ -23,7 +23,7 @@ from tests.support.services import BeatProcess, wait_until
 from tests.support.stacks import MailControlledStack
 from tests.test_welcome import SUBJECT, _links
 
-BEAT_REDIS_DB = 9
+BEAT_REDIS_DB = 10
 SERVER_NAME = "beat.example.org"
 #: Nothing listens there: an enqueue fails fast, as when the broker is down.
 DEAD_BROKER = "redis://127.0.0.1:1/0"

@@ -60,7 +60,10 @@ def test_each_task_runs_on_the_worker_of_its_queue(routed_workers, mail_sink):
                         and delivery is not None and delivery.status == DeliveryStatus.SENT)
 
         wait_until(finished, 60, message="the export and the welcome email")
-        assert export_id in _ran(workers["exports"], "app.tasks.export_posts")
+        # The rows are finished before the workers log "succeeded": wait for the lines.
+        wait_until(lambda: export_id in _ran(workers["exports"], "app.tasks.export_posts")
+                   and _ran(workers["mail"], "app.tasks.send_welcome_email"), 30,
+                   message="both workers to log their task's success")
         assert _ran(workers["mail"], "app.tasks.export_posts") == []
         assert len(_ran(workers["mail"], "app.tasks.send_welcome_email")) == 1
         assert _ran(workers["exports"], "app.tasks.send_welcome_email") == []
