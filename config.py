@@ -52,6 +52,17 @@ def _list(value: str | None) -> list[str] | None:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+def database_url(value: str | None, default: str) -> str:
+    """``DATABASE_URL`` for SQLAlchemy: a bare ``postgresql://`` or ``postgres://`` URL (as
+    hosting providers hand them out) gets the psycopg 3 driver the app installs, rather
+    than SQLAlchemy's default psycopg2, which is not installed."""
+    url = (value or "").strip() or default
+    for scheme in ("postgres://", "postgresql://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url[len(scheme):]
+    return url
+
+
 def redis_socket_url(socket_path: Path) -> str:
     """The URL Celery (kombu and the Redis result backend) uses for a unix socket."""
     return f"redis+socket://{socket_path}"
@@ -79,7 +90,7 @@ class Config:
         self.PREFERRED_URL_SCHEME = get("PREFERRED_URL_SCHEME") or "http"
 
         # Relative SQLite paths are resolved inside the instance folder by Flask-SQLAlchemy.
-        self.SQLALCHEMY_DATABASE_URI = get("DATABASE_URL") or "sqlite:///microblog.db"
+        self.SQLALCHEMY_DATABASE_URI = database_url(get("DATABASE_URL"), "sqlite:///microblog.db")
         self.SQLALCHEMY_ENGINE_OPTIONS: dict = {}
         self.SQLITE_BUSY_TIMEOUT_MS = _int("SQLITE_BUSY_TIMEOUT_MS", get("SQLITE_BUSY_TIMEOUT_MS"), 15000)
 
@@ -155,7 +166,7 @@ class TestingConfig(Config):
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         super().__init__(environ)
         env = os.environ if environ is None else environ
-        self.SQLALCHEMY_DATABASE_URI = env.get("DATABASE_URL") or "sqlite://"
+        self.SQLALCHEMY_DATABASE_URI = database_url(env.get("DATABASE_URL"), "sqlite://")
         # Cheap hashing keeps the suite fast; production keeps werkzeug's default.
         self.PASSWORD_HASH_METHOD = "pbkdf2:sha256:1000"
         self.WELCOME_EMAIL_DELAY = _int("WELCOME_EMAIL_DELAY", env.get("WELCOME_EMAIL_DELAY"), 0)

@@ -61,11 +61,16 @@ def write_posts_export(user_id: int, destination: Path, progress: Callable[[int,
     after every batch and at the end; it decides itself how often to report.
     """
     total = db.session.scalar(sa.select(sa.func.count(Post.id)).where(Post.user_id == user_id)) or 0
-    # Core rows on the session's connection: no ORM loading, a server-side cursor on PostgreSQL.
-    rows = db.session.connection().execution_options(yield_per=_STREAM_BATCH).execute(
+    # Core rows on the session's connection, no ORM loading. yield_per implies
+    # stream_results: a server-side cursor on PostgreSQL (psycopg's named cursor), fetched
+    # _STREAM_BATCH rows at a time. On the statement: Connection.execution_options() changes
+    # the session's connection in place, and the export's later UPDATE then became
+    # "DECLARE ... CURSOR FOR UPDATE ...", a syntax error on PostgreSQL.
+    rows = db.session.connection().execute(
         sa.select(Post.body, _iso_timestamp_column())
         .where(Post.user_id == user_id)
         .order_by(Post.timestamp, Post.id)
+        .execution_options(yield_per=_STREAM_BATCH)
     )
     destination.parent.mkdir(parents=True, exist_ok=True)
     temporary = destination.with_name(f".{destination.name}.{os.getpid()}.tmp")

@@ -1,0 +1,89 @@
+"""The PostgreSQL subset: a real server started for this package, the app migrated onto
+it with ``flask db upgrade``, and a real Celery worker using it (Redis logical database 7).
+
+Never skipped: if the server cannot start, every test here errors with the reason.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import pytest
+from flask import Flask
+
+from app import create_app
+from app.extensions import celery, db
+from config import TestingConfig
+from tests.conftest import LIVE_MAX_ATTACHMENT_BYTES, LiveStack, base_environ, empty_database
+from tests.support.postgres import PostgresServer
+from tests.support.services import BIN, ROOT, WorkerProcess
+
+#: Redis logical databases of this subset (see tests/conftest.py for the others).
+PG_REDIS_DB = 7
+#: No worker consumes it: exports sent there stay unfinished, which is what a race needs.
+PG_IDLE_REDIS_DB = 9
+
+
+def process_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a CLI, worker or web server process on ``environ``'s settings."""
+    return {**os.environ, **environ, "FLASK_SKIP_DOTENV": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def flask_db(environ: Mapping[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``flask --app celery_worker:app db ARGS`` as an operator runs it."""
+    result = subprocess.run([str(BIN / "flask"), "--app", "celery_worker:app", "db", *args],
+                            cwd=ROOT, env=process_environ(environ), capture_output=True, text=True,
+                            timeout=120)
+    if check:
+        assert result.returncode == 0, f"flask db {' '.join(args)}:\n{result.stdout}{result.stderr}"
+    return result
+
+
+@pytest.fixture(scope="package")
+def postgres_server() -> Iterator[PostgresServer]:
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="package")
+def pg_stack(tmp_path_factory, postgres_server, redis_service, smtp_server) -> Iterator[LiveStack]:
+    """A PostgreSQL database built by ``flask db upgrade`` and a worker process using it."""
+    directory: Path = tmp_path_factory.mktemp("pg-live")
+    url = postgres_server.create_database("live")
+    environ = base_environ(directory, redis_service, smtp_server, url, redis_db=PG_REDIS_DB)
+    environ.update(MAIL_MAX_ATTACHMENT_BYTES=str(LIVE_MAX_ATTACHMENT_BYTES),
+                   MAIL_RETRY_BACKOFF="0.2", MAIL_RETRY_BACKOFF_MAX="1")
+    flask_db(environ, "upgrade")
+    create_app(TestingConfig(environ))  # binds the test process's Celery app to this broker
+    worker = WorkerProcess(process_environ(environ), directory / "worker.log", "-c", "1").start(celery)
+    yield LiveStack(directory, environ, worker)
+    worker.stop()
+    redis_service.client(PG_REDIS_DB).flushdb()  # welcome emails parked for an hour
+
+
+@pytest.fixture
+def make_pg_app(pg_stack) -> Iterator[Callable[..., Flask]]:
+    """Apps on the PostgreSQL database, settings overridden by name; every table is
+    emptied after the test. Welcome emails wait an hour unless told otherwise, so a
+    test's sign-ups send no mail into the next test's inbox."""
+    made: list[Flask] = []
+
+    def make(**overrides: str) -> Flask:
+        app = create_app(TestingConfig({**pg_stack.environ, "WELCOME_EMAIL_DELAY": "3600", **overrides}))
+        made.append(app)
+        return app
+
+    yield make
+    if made:
+        empty_database(made[0])
+    for app in made:
+        with app.app_context():
+            db.engine.dispose()
+
+
+@pytest.fixture
+def pg_app(make_pg_app) -> Flask:
+    return make_pg_app()

@@ -1,0 +1,125 @@
+"""One running export per user on PostgreSQL: the partial unique index decides, between
+real concurrent transactions of a multi-process web server."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from app import create_app
+from app.exports import EXPORT_TASK_NAME
+from app.extensions import db
+from app.models import Task, User, utcnow
+from config import TestingConfig
+from tests.conftest import empty_database
+from tests.postgres.conftest import PG_IDLE_REDIS_DB, process_environ
+from tests.reliability.test_concurrency import (
+    Browser, Reply, Server, _create_users, _in_parallel, _log_in, _stop,
+)
+from tests.support.services import BIN, ROOT, _die_with_parent, wait_until
+from tests.test_exports import add_task, add_user
+
+USERS = 20
+CLICKS_PER_USER = 4
+
+
+def test_the_database_allows_one_unfinished_task_per_name_and_user(pg_app):
+    with pg_app.app_context():
+        ann = add_user("ann")
+        first = add_task(ann)
+        with pytest.raises(sa.exc.IntegrityError) as refused:
+            add_task(ann)
+        assert isinstance(refused.value.orig, psycopg.errors.UniqueViolation)
+        assert "uq_task_one_running_per_user" in str(refused.value)
+        db.session.rollback()
+        add_task(ann, name="ping")  # another kind may run alongside
+        db.session.get(Task, first).finished = utcnow()
+        db.session.commit()
+        add_task(ann)  # the first one has ended: a new export may start
+        assert db.session.scalar(sa.select(sa.func.count(Task.id))) == 3
+
+
+@pytest.fixture(scope="module")
+def web(pg_stack, redis_service, tmp_path_factory) -> Iterator[Server]:
+    """gunicorn, 2 processes x 8 threads, on the PostgreSQL database; its Redis database
+    has no worker, so every export it starts stays unfinished."""
+    environ = {**pg_stack.environ, "REDIS_URL": redis_service.url_for_db(PG_IDLE_REDIS_DB),
+               "WELCOME_EMAIL_DELAY": "3600"}
+    app = create_app(TestingConfig(environ))
+    listener = socket.socket()  # made here and handed to gunicorn: no free-port race
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1024)
+    base_url = f"http://127.0.0.1:{listener.getsockname()[1]}/"
+    log_path = tmp_path_factory.mktemp("pg-web") / "server.log"
+    process = None
+    try:
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                [str(BIN / "gunicorn"), "--bind", f"fd://{listener.fileno()}", "--workers", "2",
+                 "--threads", "8", "--graceful-timeout", "10", "--no-control-socket", "celery_worker:app"],
+                cwd=ROOT, env=process_environ(environ), stdout=log, stderr=subprocess.STDOUT,
+                pass_fds=(listener.fileno(),), start_new_session=True, preexec_fn=_die_with_parent,
+            )
+        listener.close()
+        server = Server(app, base_url, process, log_path)
+
+        def serves_the_login_page() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"gunicorn exited with {process.returncode}:\n{server.log()}")
+            return Browser(base_url).get("/auth/login").status == 200
+
+        wait_until(serves_the_login_page, 60, interval=0.2, message="gunicorn to serve the login page")
+        yield server
+    finally:
+        listener.close()
+        if process is not None:
+            _stop(process)
+        empty_database(app)
+        with app.app_context():
+            db.engine.dispose()
+        redis_service.client(PG_IDLE_REDIS_DB).flushdb()
+
+
+def test_simultaneous_export_clicks_start_exactly_one_export_per_user(web):
+    names = _create_users(web.app, USERS)
+    sessions = dict(zip(names, _in_parallel(lambda name: _log_in(web.base_url, name), names, threads=8)))
+    clicks = [(name, n) for name in names for n in range(CLICKS_PER_USER)]
+    barrier = threading.Barrier(len(clicks))
+    replies: dict[tuple[str, int], Reply] = {}
+    errors: list[BaseException] = []
+
+    def click(key: tuple[str, int]) -> None:
+        browser, token = sessions[key[0]]
+        try:
+            barrier.wait(timeout=60)
+            replies[key] = browser.post("/export_posts", {"csrf_token": token},
+                                        headers={"Accept": "application/json"})
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=click, args=(key,)) for key in clicks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not any(thread.is_alive() for thread in threads) and errors == [], errors[:5]
+
+    for name in names:
+        mine = [replies[(name, n)] for n in range(CLICKS_PER_USER)]
+        assert sorted(r.status for r in mine) == [302] + [409] * (CLICKS_PER_USER - 1), \
+            (name, [(r.status, r.body[:300]) for r in mine])
+        assert all("Already in progress" in r.json()["error"] for r in mine if r.status == 409)
+    with web.app.app_context():
+        per_user = dict(db.session.execute(
+            sa.select(User.username, sa.func.count(Task.id)).join(Task, Task.user_id == User.id)
+            .where(Task.name == EXPORT_TASK_NAME, Task.finished.is_(None)).group_by(User.username)
+        ).all())
+    assert per_user == {name: 1 for name in names}
+    log = web.log()
+    for trouble in ("Traceback", "Could not write audit events", "Could not enqueue", "WORKER TIMEOUT"):
+        assert trouble not in log, log[-5000:]
