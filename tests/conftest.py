@@ -1,10 +1,7 @@
 """Fixtures: apps on fresh databases, a real Redis, a real worker, a real SMTP server."""
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +11,7 @@ from app import create_app
 from app.extensions import celery, db
 from config import TestingConfig
 from devservers.smtp_sink import start_sink
-from tests.support.services import ROOT, RedisService, WorkerProcess
+from tests.support.services import RedisService, WorkerProcess, flask_db, process_environ
 
 TEST_SECRET_KEY = "test-secret-key-0123456789abcdef"
 #: The live stack attaches exports up to 100 kB, so "too large" needs only a few thousand posts.
@@ -207,14 +204,8 @@ def live_stack(tmp_path_factory, redis_service, smtp_server):
     environ = base_environ(directory, redis_service, smtp_server, f"sqlite:///{directory / 'live.db'}",
                            redis_db=LIVE_REDIS_DB)
     environ["MAIL_MAX_ATTACHMENT_BYTES"] = str(LIVE_MAX_ATTACHMENT_BYTES)
-    process_env = {
-        **os.environ, **environ, "FLASK_SKIP_DOTENV": "1", "PYTHONUNBUFFERED": "1",
-        "PROBE_HOOK_LOG": str(directory / "hooks.jsonl"),
-    }
-    subprocess.run(
-        [str(Path(sys.executable).parent / "flask"), "--app", "celery_worker:app", "db", "upgrade"],
-        cwd=ROOT, env=process_env, check=True, capture_output=True,
-    )
+    process_env = process_environ(environ, PROBE_HOOK_LOG=str(directory / "hooks.jsonl"))
+    flask_db(environ, "upgrade")
     create_app(TestingConfig(environ))  # binds the test process's Celery app to this broker
     worker = WorkerProcess(process_env, directory / "worker.log", "-c", "1", "-I", "tests.support.probe_tasks")
     worker.start(celery)

@@ -5,9 +5,7 @@ Never skipped: if the server cannot start, every test here errors with the reaso
 """
 from __future__ import annotations
 
-import os
-import subprocess
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,27 +16,12 @@ from app.extensions import celery, db
 from config import TestingConfig
 from tests.conftest import LIVE_MAX_ATTACHMENT_BYTES, LiveStack, base_environ, empty_database
 from tests.support.postgres import PostgresServer
-from tests.support.services import BIN, ROOT, WorkerProcess
+from tests.support.services import WorkerProcess, flask_db, process_environ
 
 #: Redis logical databases of this subset (see tests/conftest.py for the others).
 PG_REDIS_DB = 7
 #: No worker consumes it: exports sent there stay unfinished, which is what a race needs.
 PG_IDLE_REDIS_DB = 9
-
-
-def process_environ(environ: Mapping[str, str]) -> dict[str, str]:
-    """The environment of a CLI, worker or web server process on ``environ``'s settings."""
-    return {**os.environ, **environ, "FLASK_SKIP_DOTENV": "1", "PYTHONUNBUFFERED": "1"}
-
-
-def flask_db(environ: Mapping[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """``flask --app celery_worker:app db ARGS`` as an operator runs it."""
-    result = subprocess.run([str(BIN / "flask"), "--app", "celery_worker:app", "db", *args],
-                            cwd=ROOT, env=process_environ(environ), capture_output=True, text=True,
-                            timeout=120)
-    if check:
-        assert result.returncode == 0, f"flask db {' '.join(args)}:\n{result.stdout}{result.stderr}"
-    return result
 
 
 @pytest.fixture(scope="package")

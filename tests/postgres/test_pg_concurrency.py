@@ -2,8 +2,6 @@
 real concurrent transactions of a multi-process web server."""
 from __future__ import annotations
 
-import socket
-import subprocess
 import threading
 from collections.abc import Iterator
 
@@ -17,11 +15,9 @@ from app.extensions import db
 from app.models import Task, User, utcnow
 from config import TestingConfig
 from tests.conftest import empty_database
-from tests.postgres.conftest import PG_IDLE_REDIS_DB, process_environ
-from tests.reliability.test_concurrency import (
-    Browser, Reply, Server, _create_users, _in_parallel, _log_in, _stop,
-)
-from tests.support.services import BIN, ROOT, _die_with_parent, wait_until
+from tests.postgres.conftest import PG_IDLE_REDIS_DB
+from tests.reliability.test_concurrency import _create_users, _in_parallel, _log_in
+from tests.support.web import Reply, Server, running_gunicorn
 from tests.test_exports import add_task, add_user
 
 USERS = 20
@@ -51,34 +47,10 @@ def web(pg_stack, redis_service, tmp_path_factory) -> Iterator[Server]:
     environ = {**pg_stack.environ, "REDIS_URL": redis_service.url_for_db(PG_IDLE_REDIS_DB),
                "WELCOME_EMAIL_DELAY": "3600"}
     app = create_app(TestingConfig(environ))
-    listener = socket.socket()  # made here and handed to gunicorn: no free-port race
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1024)
-    base_url = f"http://127.0.0.1:{listener.getsockname()[1]}/"
-    log_path = tmp_path_factory.mktemp("pg-web") / "server.log"
-    process = None
     try:
-        with open(log_path, "ab") as log:
-            process = subprocess.Popen(
-                [str(BIN / "gunicorn"), "--bind", f"fd://{listener.fileno()}", "--workers", "2",
-                 "--threads", "8", "--graceful-timeout", "10", "--no-control-socket", "celery_worker:app"],
-                cwd=ROOT, env=process_environ(environ), stdout=log, stderr=subprocess.STDOUT,
-                pass_fds=(listener.fileno(),), start_new_session=True, preexec_fn=_die_with_parent,
-            )
-        listener.close()
-        server = Server(app, base_url, process, log_path)
-
-        def serves_the_login_page() -> bool:
-            if process.poll() is not None:
-                raise AssertionError(f"gunicorn exited with {process.returncode}:\n{server.log()}")
-            return Browser(base_url).get("/auth/login").status == 200
-
-        wait_until(serves_the_login_page, 60, interval=0.2, message="gunicorn to serve the login page")
-        yield server
+        with running_gunicorn(app, environ, tmp_path_factory.mktemp("pg-web") / "server.log") as server:
+            yield server
     finally:
-        listener.close()
-        if process is not None:
-            _stop(process)
         empty_database(app)
         with app.app_context():
             db.engine.dispose()

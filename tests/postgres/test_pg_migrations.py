@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import base_environ
-from tests.postgres.conftest import flask_db
+from tests.support.services import flask_db
 from tests.support.postgres import PostgresServer
 
 APP_TABLES = {"user", "post", "task", "audit_event", "email_delivery"}

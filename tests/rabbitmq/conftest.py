@@ -6,10 +6,6 @@ is bound back to Redis, so later modules never publish to a broker that is gone.
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -18,7 +14,7 @@ from app.extensions import celery, db
 from config import TestingConfig
 from tests.conftest import UNIT_REDIS_DB, LiveStack, base_environ, empty_database
 from tests.support.rabbitmq import RabbitMQServer
-from tests.support.services import ROOT, WorkerProcess
+from tests.support.services import WorkerProcess, flask_db, process_environ
 
 #: The result backend's Redis database (0-7 and 12 belong to other stacks).
 RABBIT_RESULT_DB = 8
@@ -60,12 +56,6 @@ def rabbit_environ(live_environ: dict[str, str], server: RabbitMQServer, vhost: 
     return {**live_environ, "CELERY_BROKER_URL": server.url(vhost)}
 
 
-def process_environ(environ: dict[str, str]) -> dict[str, str]:
-    """What a worker process gets: Celery itself reads CELERY_BROKER_URL and
-    CELERY_RESULT_BACKEND from it, so they must be the ones the test's app uses."""
-    return {**os.environ, **environ, "FLASK_SKIP_DOTENV": "1", "PYTHONUNBUFFERED": "1"}
-
-
 @pytest.fixture(scope="package")
 def rabbit_stack(rabbitmq, redis_service, smtp_server, tmp_path_factory):
     """A database built by ``flask db upgrade`` and a worker consuming from RabbitMQ."""
@@ -79,13 +69,9 @@ def rabbit_stack(rabbitmq, redis_service, smtp_server, tmp_path_factory):
         "MAIL_RETRY_BACKOFF": "0.4",
         "MAIL_RETRY_BACKOFF_MAX": "2",
     })
-    env = process_environ(environ)
-    subprocess.run(
-        [str(Path(sys.executable).parent / "flask"), "--app", "celery_worker:app", "db", "upgrade"],
-        cwd=ROOT, env=env, check=True, capture_output=True,
-    )
+    flask_db(environ, "upgrade")
     create_app(TestingConfig(environ))  # binds the test process's Celery app to RabbitMQ
-    worker = WorkerProcess(env, directory / "worker.log", "-c", "1")
+    worker = WorkerProcess(process_environ(environ), directory / "worker.log", "-c", "1")
     try:
         worker.start(celery)
         yield LiveStack(directory, environ, worker)

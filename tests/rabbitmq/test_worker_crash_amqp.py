@@ -27,8 +27,8 @@ from app.extensions import celery, db
 from app.models import AuditEvent, Task, TaskState, User
 from config import TestingConfig
 from tests.conftest import AuthActions, empty_database
-from tests.rabbitmq.conftest import CRASH_VHOST, process_environ, rabbit_environ
-from tests.support.services import WorkerProcess, wait_until
+from tests.rabbitmq.conftest import CRASH_VHOST, rabbit_environ
+from tests.support.services import WorkerProcess, process_environ, wait_until
 
 SITE = "https://crash.rabbit.example/"
 EXPORT_SUBJECT = "Your posts are ready"

@@ -12,19 +12,8 @@ The server's Redis database has no worker, so the exports queue up and stay unfi
 """
 from __future__ import annotations
 
-import http.cookiejar
-import json
-import os
-import signal
-import socket
-import subprocess
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -35,127 +24,28 @@ from app.extensions import db
 from app.models import AuditEvent, Task, User
 from config import TestingConfig
 from tests.conftest import csrf_token_in, empty_database
-from tests.support.services import BIN, ROOT, _die_with_parent, wait_until
+from tests.support.web import HTTP_TIMEOUT, Browser, Reply, running_gunicorn
 
 USERS = 50
 CLICKS_PER_USER = 4
 PASSWORD = "correct horse"
 #: A Redis logical database no worker consumes.
 CONCURRENCY_REDIS_DB = 12
-HTTP_TIMEOUT = 60
-
-
-# --- a browser: urllib with a cookie jar, redirects not followed -------------------------
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):
-        return None  # hand the 302 back as it is
-
-
-@dataclass
-class Reply:
-    status: int
-    body: str
-    headers: dict[str, str] = field(default_factory=dict)
-
-    def json(self) -> dict:
-        return json.loads(self.body)
-
-
-class Browser:
-    def __init__(self, base_url: str) -> None:
-        self.base_url = base_url
-        self.opener = urllib.request.build_opener(
-            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()), _NoRedirect())
-
-    def request(self, method: str, path: str, data: dict | None = None, headers: dict | None = None) -> Reply:
-        body = urllib.parse.urlencode(data).encode() if data is not None else None
-        request = urllib.request.Request(urllib.parse.urljoin(self.base_url, path), data=body, method=method,
-                                         headers=headers or {})
-        if method == "POST":
-            request.add_header("Referer", self.base_url)  # same-origin, as a browser sends
-        try:
-            with self.opener.open(request, timeout=HTTP_TIMEOUT) as response:
-                body = response.read().decode(errors="replace")
-                return Reply(response.status, body, dict(response.headers))
-        except urllib.error.HTTPError as error:  # 3xx (not followed), 4xx, 5xx
-            with error:
-                return Reply(error.code, error.read().decode(errors="replace"), dict(error.headers))
-
-    def get(self, path: str, **kw) -> Reply:
-        return self.request("GET", path, **kw)
-
-    def post(self, path: str, data: dict, **kw) -> Reply:
-        return self.request("POST", path, data=data, **kw)
-
-
-# --- the server --------------------------------------------------------------------------
-
-
-class Server:
-    def __init__(self, app, base_url: str, process: subprocess.Popen, log_path: Path) -> None:
-        self.app = app
-        self.base_url = base_url
-        self.process = process
-        self.log_path = log_path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM the server's process group (master and workers); SIGKILL if it lingers."""
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(10)
 
 
 @pytest.fixture(scope="module")
 def server(live_stack, redis_service, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("concurrency")
     environ = {
         **live_stack.environ,
         "REDIS_URL": redis_service.url_for_db(CONCURRENCY_REDIS_DB),
         "WELCOME_EMAIL_DELAY": "3600",
     }
     app = create_app(TestingConfig(environ))  # this process's view of the live database
-    # The listening socket is made here and handed to gunicorn: no free-port race.
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1024)
-    base_url = f"http://127.0.0.1:{listener.getsockname()[1]}/"
-    log_path = directory / "server.log"
-    process = None
+    log_path = tmp_path_factory.mktemp("concurrency") / "server.log"
     try:
-        with open(log_path, "ab") as log:
-            process = subprocess.Popen(
-                [str(BIN / "gunicorn"), "--bind", f"fd://{listener.fileno()}",
-                 "--workers", "2", "--threads", "8", "--graceful-timeout", "10",
-                 "--access-logfile", "-", "--no-control-socket", "celery_worker:app"],
-                cwd=ROOT, env={**os.environ, **environ, "FLASK_SKIP_DOTENV": "1", "PYTHONUNBUFFERED": "1"},
-                stdout=log, stderr=subprocess.STDOUT, pass_fds=(listener.fileno(),), start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        listener.close()
-        server = Server(app, base_url, process, log_path)
-
-        def serves_the_login_page() -> bool:
-            if process.poll() is not None:
-                raise AssertionError(f"gunicorn exited with {process.returncode}:\n{server.log()}")
-            return Browser(base_url).get("/auth/login").status == 200
-
-        wait_until(serves_the_login_page, 60, interval=0.2, message="gunicorn to serve the login page")
-        yield server
+        with running_gunicorn(app, environ, log_path, "--access-logfile", "-") as server:
+            yield server
     finally:
-        listener.close()
-        if process is not None:
-            _stop(process)
         empty_database(app)
         with app.app_context():
             db.engine.dispose()

@@ -31,6 +31,22 @@ def wait_until(predicate: Callable[[], object], timeout: float = 30.0, interval:
         time.sleep(interval)
 
 
+def process_environ(environ: Mapping[str, str], **extra: str) -> dict[str, str]:
+    """The environment of a CLI, worker or web server process on ``environ``'s settings
+    (Celery itself reads CELERY_BROKER_URL and CELERY_RESULT_BACKEND from it)."""
+    return {**os.environ, **environ, "FLASK_SKIP_DOTENV": "1", "PYTHONUNBUFFERED": "1", **extra}
+
+
+def flask_db(environ: Mapping[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``flask --app celery_worker:app db ARGS`` as an operator runs it."""
+    result = subprocess.run([str(BIN / "flask"), "--app", "celery_worker:app", "db", *args],
+                            cwd=ROOT, env=process_environ(environ), capture_output=True, text=True,
+                            timeout=120)
+    if check:
+        assert result.returncode == 0, f"flask db {' '.join(args)}:\n{result.stdout}{result.stderr}"
+    return result
+
+
 #: SIGKILL a child when the test process dies, however it dies (Linux).
 _die_with_parent = die_with_parent()
 

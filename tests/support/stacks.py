@@ -1,7 +1,6 @@
 """A worker of a test module's own whose SMTP server the tests start and stop."""
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 
@@ -9,7 +8,7 @@ from app import create_app
 from app.extensions import celery
 from config import TestingConfig
 from devservers.smtp_sink import start_sink
-from tests.support.services import RedisService, WorkerProcess
+from tests.support.services import RedisService, WorkerProcess, process_environ
 
 
 def free_port() -> int:
@@ -34,7 +33,7 @@ class MailControlledStack:
             "MAIL_RETRY_BACKOFF_MAX": "2",
             **overrides,
         }
-        process_env = {**os.environ, **self.environ, "FLASK_SKIP_DOTENV": "1", "PYTHONUNBUFFERED": "1"}
+        process_env = process_environ(self.environ)
         self.app()  # binds the test process's Celery app to this stack's Redis database
         self.worker = WorkerProcess(process_env, directory / "worker.log", "-c", "1").start(celery)
         self._controllers: list = []
