@@ -1,18 +1,25 @@
 """CeleryWithContext in one process: capture, signing, eager runs, settings and limits."""
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import logging
 from types import SimpleNamespace
 
 import pytest
-from flask import Blueprint, Flask, after_this_request, g, request, url_for
+from flask import Blueprint, Flask, after_this_request, g, request, session, url_for
+from flask_login import UserMixin, login_user
 from flask.sessions import SecureCookieSessionInterface
+from itsdangerous import BadSignature, Signer
 
 from app import create_app
 from app.celery_context import (
     CONTEXT_HEADER,
     ContextRefused,
+    _SIGNING_SALT,
     ContextSettings,
+    _ContextSigner,
     _header_from,
     _run_after_request_hooks,
     capture_request,
@@ -115,6 +122,23 @@ def test_default_capture_drops_credentials(app):
     assert context["f"] == [["title", "t"], ["author", "kept"]]
 
 
+def test_capture_carries_the_user_whether_or_not_the_view_loaded_it(app, monkeypatch):
+    class Someone(UserMixin):
+        def __init__(self, user_id: str) -> None:
+            self.id = user_id
+
+    monkeypatch.setattr(app.login_manager, "_user_callback", Someone)
+    settings = ContextSettings.from_config(app.config)
+    with app.test_request_context("/"):
+        login_user(Someone("7"))  # the view logged someone in (or login_required loaded them)
+        assert capture_request(settings)["u"] == "7"
+    with app.test_request_context("/"):
+        session["_user_id"] = "8"  # in the session, not loaded by the view yet
+        assert capture_request(settings)["u"] == "8"
+    with app.test_request_context("/"):
+        assert "u" not in capture_request(settings)  # anonymous
+
+
 def test_non_string_environ_values_from_servers_are_carried_as_strings(app):
     with app.test_request_context("/port", environ_base={"REMOTE_PORT": 54321, "REMOTE_ADDR": "192.0.2.1"}):
         token = sign_request_context(app)
@@ -153,6 +177,30 @@ def test_token_signed_with_a_retired_key_verifies_through_fallbacks(app_environ)
     stranger = make_app(app_environ, SECRET_KEY="the-new-secret-key-0123456789")
     with pytest.raises(ContextRefused, match="signature does not match"):
         verify_request_context(stranger, token)
+
+
+@pytest.mark.parametrize("keys", [
+    ["only-key-0123456789abcdef"],
+    ["retired-key-0123456789", "current-key-0123456789"],
+    ["k" * 200],  # longer than SHA-1's block: the HMAC hashes it first
+])
+def test_signatures_are_itsdangerous_hmac_sha1_both_ways(keys):
+    """The fast signer is itsdangerous' Signer: each verifies what the other signs."""
+    payload = '{"v":1,"e":{"PATH_INFO":"/caf\u00e9"}}'.encode()
+    reference = Signer(keys, salt=_SIGNING_SALT, digest_method=hashlib.sha1)
+    fast = _ContextSigner(keys, salt=_SIGNING_SALT)
+    assert fast.sign(payload) == reference.sign(payload)
+    assert fast.unsign(reference.sign(payload)) == payload
+    for key in keys:  # every key verifies, the newest signs
+        assert fast.unsign(Signer(key, salt=_SIGNING_SALT, digest_method=hashlib.sha1).sign(payload)) == payload
+    assert reference.unsign(fast.sign(payload)) == payload
+    derived = reference.derive_key()
+    assert fast.get_signature(payload) == base64.urlsafe_b64encode(
+        hmac.digest(derived, payload, "sha1")).rstrip(b"=")
+    tampered = fast.sign(payload).replace(b"caf", b"cab")
+    for bad in (tampered, payload, payload + b".", payload + b".!!!!", payload + b"." + b"A" * 27):
+        with pytest.raises(BadSignature):
+            fast.unsign(bad)
 
 
 @pytest.mark.parametrize("token, reason", [
