@@ -90,13 +90,13 @@ DEFAULT_MAX_BYTES = 64 * 1024
 
 # Environ keys carried as they are; together with the HTTP_* headers they are what
 # werkzeug reads to build request.method/scheme/host/script_root/path/args/remote_addr.
+# Not the raw request line (REQUEST_URI, RAW_URI): werkzeug never reads it, it repeats
+# the path and query (a scrubbed query would leak there) and it would lengthen every message.
 _CARRIED_ENVIRON_KEYS = (
     "REQUEST_METHOD",
     "SCRIPT_NAME",
     "PATH_INFO",
     "QUERY_STRING",
-    "REQUEST_URI",
-    "RAW_URI",
     "SERVER_NAME",
     "SERVER_PORT",
     "SERVER_PROTOCOL",
@@ -134,6 +134,7 @@ class ContextSettings:
     _carried_keys: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
     _sensitive_names: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
     _sensitive_query_names: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
+    _environ_plans: dict[tuple[str, ...], tuple[str, ...]] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ContextSettings:
@@ -176,6 +177,25 @@ class ContextSettings:
             _remember(self._carried_keys, environ_key, decision)
         return decision
 
+    def carried_environ(self, environ: Mapping[str, Any]) -> dict[str, str]:
+        """The environ entries capture keeps, as strings, in the environ's order:
+        request.headers lists CONTENT_TYPE and CONTENT_LENGTH where the server put them
+        among the HTTP_* keys, and the replay must list them there too."""
+        # A server builds every environ of a kind of request with the same keys in the
+        # same order: decide once per such shape which of its keys are carried.
+        shape = tuple(environ)
+        keys = self._environ_plans.get(shape)
+        if keys is None:
+            keys = tuple(key for key in shape if self.carries(key))
+            if len(self._environ_plans) < _MAX_ENVIRON_PLANS:
+                self._environ_plans[shape] = keys
+        carried = {key: environ[key] for key in keys}
+        if not _STR_TYPES.issuperset(map(type, carried.values())):
+            # WSGI says str, but servers differ (werkzeug's REMOTE_PORT is an int).
+            carried = {key: value if type(value) is str else str(value)
+                       for key, value in carried.items() if value is not None}
+        return carried
+
     def is_sensitive_query_name(self, raw_name: str) -> bool:
         """Whether a query field, by its raw (undecoded) name, is one capture leaves out."""
         decision = self._sensitive_query_names.get(raw_name)
@@ -186,6 +206,7 @@ class ContextSettings:
 
 
 _MAX_DECISIONS = 4096
+_MAX_ENVIRON_PLANS = 1024
 
 
 def _remember(decisions: dict[str, bool], name: str, decision: bool) -> None:
@@ -209,17 +230,7 @@ def capture_request(settings: ContextSettings) -> dict[str, Any]:
     if ctx is None:
         raise RuntimeError("capture_request() needs an active Flask request")
     live = ctx.request
-    # One pass, in the environ's order: request.headers lists CONTENT_TYPE and CONTENT_LENGTH
-    # where the server put them among the HTTP_* keys, and the replay must list them there too.
-    carries = settings._carried_keys.get
-    carried: dict[str, str] = {}
-    for key, value in live.environ.items():
-        keep = carries(key)
-        if keep is None:
-            keep = settings.carries(key)
-        if keep and value is not None:
-            # WSGI says str, but servers differ (werkzeug's REMOTE_PORT is an int).
-            carried[key] = value if type(value) is str else str(value)
+    carried = settings.carried_environ(live.environ)
 
     query = carried.get("QUERY_STRING")
     if query and settings.sensitive is not None:
@@ -227,9 +238,6 @@ def capture_request(settings: ContextSettings) -> dict[str, Any]:
                 if not settings.is_sensitive_query_name(part.partition("=")[0])]
         if len(kept) != query.count("&") + 1:
             carried["QUERY_STRING"] = "&".join(kept)
-            # The raw request line repeats the query: drop it rather than leak it.
-            carried.pop("REQUEST_URI", None)
-            carried.pop("RAW_URI", None)
 
     context: dict[str, Any] = {"v": _FORMAT_VERSION, "e": carried}
     if live.mimetype in _FORM_MIMETYPES:
@@ -321,8 +329,7 @@ def _shrink_to_fit(context: dict[str, Any], encoded: bytes, settings: ContextSet
             carried = context["e"]
             for key in [k for k in carried if k.startswith("HTTP_") and k != "HTTP_HOST"]:
                 del carried[key]
-            for key in ("QUERY_STRING", "REQUEST_URI", "RAW_URI"):
-                carried.pop(key, None)
+            carried.pop("QUERY_STRING", None)
         context["dropped"] = stage
         encoded = _encode(context)
         if len(encoded) <= settings.max_bytes:

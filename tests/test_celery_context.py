@@ -122,6 +122,34 @@ def test_default_capture_drops_credentials(app):
     assert context["f"] == [["title", "t"], ["author", "kept"]]
 
 
+@pytest.mark.parametrize("remember_shapes", [True, False])
+def test_capture_keeps_the_same_environ_entries_whether_its_shape_is_known_or_not(
+        app, monkeypatch, remember_shapes):
+    if not remember_shapes:
+        monkeypatch.setattr("app.celery_context._MAX_ENVIRON_PLANS", 0)
+    settings = ContextSettings.from_config(app.config)
+    requests = [
+        {"headers": {"Accept": "a", "X-One": "1"}},
+        {"headers": {"Accept": "b", "X-One": "2"}},  # same shape, other values
+        {"headers": {"Accept": "c", "X-One": "3", "Cookie": "s=1", "X-Two": "t"}},  # a new shape
+        {"headers": {"Accept": "d", "X-One": "4"}, "environ_base": {"REMOTE_PORT": 5000, "X_NONE": None}},
+    ]
+    for index, options in enumerate(requests * 2):
+        with app.test_request_context(f"/shape/{index}?n={index}", **options):
+            environ = request.environ
+            expected = {key: str(value) for key, value in environ.items()
+                        if value is not None and (key in {"REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO",
+                                                          "QUERY_STRING", "SERVER_NAME", "SERVER_PORT",
+                                                          "SERVER_PROTOCOL", "REMOTE_ADDR", "REMOTE_PORT",
+                                                          "wsgi.url_scheme"}
+                                                  or key.startswith("HTTP_") and key != "HTTP_COOKIE")}
+            carried = capture_request(settings)["e"]
+        assert list(carried.items()) == list(expected.items())  # same entries, same order
+        assert all(type(value) is str for value in carried.values())
+    assert carried["REMOTE_PORT"] == "5000"
+    assert len(settings._environ_plans) == (3 if remember_shapes else 0)
+
+
 def test_capture_carries_the_user_whether_or_not_the_view_loaded_it(app, monkeypatch):
     class Someone(UserMixin):
         def __init__(self, user_id: str) -> None:
