@@ -513,8 +513,10 @@ def print_report(stats: Stats, args) -> None:
           f"median us of this thread's CPU per .delay(); ours adds {cpu_ours - cpu_plain:.1f} us")
     print("plain/recipe: plain celery.Celery for enqueue and throughput; the kwargs recipe's "
           "test_request_context replay for replay.")
-    print(f"enqueue, throughput: plain and ours are medians over {args.rounds} rounds; ratio is the "
-          f"median of the per-round ours/plain ratios.")
+    spread = sorted(o / p for o, p in zip(stats.throughput["ours"], stats.throughput["plain"]))
+    print(f"enqueue, throughput: plain and ours are medians over {args.rounds} and "
+          f"{args.throughput_rounds} rounds; ratio is the median of the per-round ours/plain ratios "
+          f"(throughput's ranged {spread[0]:.2f}-{spread[-1]:.2f}x: that is the machine's noise).")
     print(f"replay: {args.replay_iterations} replays per side in alternating timeit blocks of "
           f"{args.replay_block}, {'thread CPU time' if args.replay_clock == 'cpu' else 'wall clock'}; "
           f"best block shown (median block: recipe "
@@ -552,8 +554,11 @@ def print_rounds(stats: Stats) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=2000, help="enqueue calls per side per round (2000)")
-    parser.add_argument("--m", type=int, default=1000, help="no-op tasks per side per throughput round (1000)")
-    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per side (5)")
+    parser.add_argument("--m", type=int, default=400, help="no-op tasks per side per throughput round (400)")
+    parser.add_argument("--rounds", type=int, default=5, help="enqueue rounds per side (5)")
+    parser.add_argument("--throughput-rounds", type=int, default=15,
+                        help="alternating throughput rounds per side (15): short rounds close together "
+                             "pair the two sides under the same machine load")
     parser.add_argument("--replay-iterations", type=int, default=25000,
                         help="in-process replays per side (25000)")
     parser.add_argument("--replay-block", type=int, default=250,
@@ -566,9 +571,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a fast smoke run: small N, M, rounds")
     args = parser.parse_args(argv)
     if args.quick:
-        args.n, args.m, args.rounds = 100, 100, 2
+        args.n, args.m, args.rounds, args.throughput_rounds = 100, 100, 2, 2
         args.replay_iterations, args.replay_block = 1000, 50
-    for name in ("n", "m", "rounds", "replay_iterations", "replay_block"):
+    for name in ("n", "m", "rounds", "throughput_rounds", "replay_iterations", "replay_block"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     return args
@@ -592,7 +597,8 @@ def _print_header(args, apps, redis_url: str, external: bool) -> None:
           f"for CPU while the sender is timed; purged and counted after every round)")
     print(f"  throughput: {args.m} no-op tasks per side per round through the real workers, "
           f"first send to last result")
-    print(f"  rounds: {args.rounds}; throughput rounds alternate (plain, ours, ours, plain, ...)")
+    print(f"  rounds: {args.rounds} enqueue, {args.throughput_rounds} throughput; throughput rounds "
+          f"alternate (plain, ours, ours, plain, ...)")
     print(f"  app/celery_context.py: git blob {_blob_hash(ROOT / 'app' / 'celery_context.py')}")
     print(f"  load average at start: {_loadavg()}", flush=True)
 
@@ -725,7 +731,7 @@ def main(argv=None) -> int:
                 stats.enqueue_medians[side].append(median)
                 stats.enqueue_cpu[side].append(cpu)
         print("throughput ...", flush=True)
-        for index in range(args.rounds):
+        for index in range(args.throughput_rounds):
             for side in (("plain", "ours") if index % 2 == 0 else ("ours", "plain")):
                 stats.throughput[side].append(
                     bench.throughput_round(side, args.m, stats.throughput_cpu[side]))
