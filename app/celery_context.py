@@ -187,7 +187,7 @@ class ContextSettings:
         keys = self._environ_plans.get(shape)
         if keys is None:
             keys = tuple(key for key in shape if self.carries(key))
-            if len(self._environ_plans) < _MAX_ENVIRON_PLANS:
+            if len(self._environ_plans) < _MAX_ENVIRON_PLANS and _small_shape(shape):
                 self._environ_plans[shape] = keys
         carried = {key: environ[key] for key in keys}
         if not _STR_TYPES.issuperset(map(type, carried.values())):
@@ -207,12 +207,22 @@ class ContextSettings:
 
 _MAX_DECISIONS = 4096
 _MAX_ENVIRON_PLANS = 1024
+# Header names are the client's to choose (gunicorn allows 100 of up to 8 KB each):
+# remember only names and environ shapes of an ordinary size, so the caches stay within
+# a few megabytes whatever clients send; anything larger is decided every time.
+_MAX_REMEMBERED_NAME = 256
+_MAX_SHAPE_KEYS = 128
+_MAX_SHAPE_CHARACTERS = 4096
 
 
 def _remember(decisions: dict[str, bool], name: str, decision: bool) -> None:
     # Bounded: a client inventing a new header name per request costs a lookup, not memory.
-    if len(decisions) < _MAX_DECISIONS:
+    if len(decisions) < _MAX_DECISIONS and len(name) <= _MAX_REMEMBERED_NAME:
         decisions[name] = decision
+
+
+def _small_shape(shape: tuple[str, ...]) -> bool:
+    return len(shape) <= _MAX_SHAPE_KEYS and sum(map(len, shape)) <= _MAX_SHAPE_CHARACTERS
 
 
 def _environ_header_key(name: str) -> str:
@@ -405,7 +415,10 @@ class _ContextSigner(Signer):
         return value + self.sep + self.get_signature(value)
 
     def unsign(self, signed_value: str | bytes) -> bytes:
-        signed_value = signed_value if type(signed_value) is bytes else want_bytes(signed_value)
+        try:
+            signed_value = signed_value if type(signed_value) is bytes else want_bytes(signed_value)
+        except UnicodeEncodeError:  # a lone surrogate: no signature of ours looks like that
+            raise BadSignature("Signed value is not UTF-8 text") from None
         value, sep, signature = signed_value.rpartition(self.sep)
         if not sep:
             raise BadSignature(f"No {self.sep!r} found in value")
@@ -492,7 +505,7 @@ def verify_request_context(app: Flask, token: Any) -> dict[str, Any]:
     if len(token) > limit:
         raise ContextRefused(f"request context is {len(token)} characters, above the limit of {limit}")
     try:
-        payload = state.signer.unsign(token.encode("utf-8"))
+        payload = state.signer.unsign(token)
     except BadSignature:
         if _is_bare_json(token):
             raise ContextRefused("request context is unsigned") from None
@@ -611,12 +624,16 @@ def _run_after_request_hooks(app: Flask, response: Any) -> Any:
         response = app.ensure_sync(hook)(response)
     hooks = app.after_request_funcs
     # The app's hooks are the same few functions task after task: wrap each once.
-    sync_hooks = _AppState.for_app(app).sync_hooks
+    state = app.extensions.get("celery_with_context")
+    sync_hooks = state.sync_hooks if state is not None else {}
     for name in chain(ctx.request.blueprints, (None,)):
         for hook in reversed(hooks.get(name, ())):
-            sync = sync_hooks.get(hook)
-            if sync is None:
-                sync = sync_hooks[hook] = app.ensure_sync(hook)
+            try:
+                sync = sync_hooks.get(hook)
+                if sync is None:
+                    sync = sync_hooks[hook] = app.ensure_sync(hook)
+            except TypeError:  # a callable that cannot be hashed: wrap it every time
+                sync = app.ensure_sync(hook)
             response = sync(response)
     return response
 

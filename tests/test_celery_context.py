@@ -21,6 +21,8 @@ from app.celery_context import (
     ContextSettings,
     _ContextSigner,
     _header_from,
+    _hmac_states,
+    _hmac_with,
     _run_after_request_hooks,
     capture_request,
     replay_request,
@@ -132,8 +134,10 @@ def test_capture_keeps_the_same_environ_entries_whether_its_shape_is_known_or_no
         {"headers": {"Accept": "a", "X-One": "1"}},
         {"headers": {"Accept": "b", "X-One": "2"}},  # same shape, other values
         {"headers": {"Accept": "c", "X-One": "3", "Cookie": "s=1", "X-Two": "t"}},  # a new shape
-        {"headers": {"Accept": "d", "X-One": "4"}, "environ_base": {"REMOTE_PORT": 5000, "X_NONE": None}},
+        {"headers": {"Accept": "d", "X-One": "4"}, "environ_base": {"REMOTE_PORT": 5000, "HTTP_X_NONE": None}},
+        {"headers": {"Accept": "e", "X-" + "Long" * 1100: "5"}},  # too big a shape to remember
     ]
+    # Twice: the second time round every remembered shape is known, the int and None included.
     for index, options in enumerate(requests * 2):
         with app.test_request_context(f"/shape/{index}?n={index}", **options):
             environ = request.environ
@@ -146,8 +150,10 @@ def test_capture_keeps_the_same_environ_entries_whether_its_shape_is_known_or_no
             carried = capture_request(settings)["e"]
         assert list(carried.items()) == list(expected.items())  # same entries, same order
         assert all(type(value) is str for value in carried.values())
-    assert carried["REMOTE_PORT"] == "5000"
+        if "environ_base" in options:
+            assert carried["REMOTE_PORT"] == "5000" and "HTTP_X_NONE" not in carried
     assert len(settings._environ_plans) == (3 if remember_shapes else 0)
+    assert not any(len(name) > 256 for name in settings._carried_keys)
 
 
 def test_capture_carries_the_user_whether_or_not_the_view_loaded_it(app, monkeypatch):
@@ -155,11 +161,15 @@ def test_capture_carries_the_user_whether_or_not_the_view_loaded_it(app, monkeyp
         def __init__(self, user_id: str) -> None:
             self.id = user_id
 
-    monkeypatch.setattr(app.login_manager, "_user_callback", Someone)
+    def no_loading(user_id):
+        raise AssertionError("capture should use the user the view already loaded")
+
     settings = ContextSettings.from_config(app.config)
+    monkeypatch.setattr(app.login_manager, "_user_callback", no_loading)
     with app.test_request_context("/"):
         login_user(Someone("7"))  # the view logged someone in (or login_required loaded them)
         assert capture_request(settings)["u"] == "7"
+    monkeypatch.setattr(app.login_manager, "_user_callback", Someone)
     with app.test_request_context("/"):
         session["_user_id"] = "8"  # in the session, not loaded by the view yet
         assert capture_request(settings)["u"] == "8"
@@ -210,7 +220,7 @@ def test_token_signed_with_a_retired_key_verifies_through_fallbacks(app_environ)
 @pytest.mark.parametrize("keys", [
     ["only-key-0123456789abcdef"],
     ["retired-key-0123456789", "current-key-0123456789"],
-    ["k" * 200],  # longer than SHA-1's block: the HMAC hashes it first
+    ["a-long-secret-" * 20],
 ])
 def test_signatures_are_itsdangerous_hmac_sha1_both_ways(keys):
     """The fast signer is itsdangerous' Signer: each verifies what the other signs."""
@@ -226,9 +236,21 @@ def test_signatures_are_itsdangerous_hmac_sha1_both_ways(keys):
     assert fast.get_signature(payload) == base64.urlsafe_b64encode(
         hmac.digest(derived, payload, "sha1")).rstrip(b"=")
     tampered = fast.sign(payload).replace(b"caf", b"cab")
-    for bad in (tampered, payload, payload + b".", payload + b".!!!!", payload + b"." + b"A" * 27):
+    for bad in (tampered, payload, payload + b".", payload + b".!!!!", payload + b"." + b"A" * 27,
+                "\udc80." + fast.get_signature(payload).decode()):  # a lone surrogate is not UTF-8
         with pytest.raises(BadSignature):
             fast.unsign(bad)
+
+
+@pytest.mark.parametrize("key_length", [0, 20, 64, 65, 200])
+def test_the_hand_built_hmac_is_rfc_2104s(key_length):
+    key, message = bytes(range(256))[:key_length] * 1, b"message " * 200
+    assert _hmac_with(_hmac_states(hashlib.sha1, key), message) == hmac.digest(key, message, "sha1")
+
+
+def test_a_token_that_is_not_utf8_text_is_refused_not_crashed_on(app):
+    with pytest.raises(ContextRefused):
+        verify_request_context(app, "\udc80.QmOQ2hLJvvBMszOuZzf3mUn5dTs")
 
 
 @pytest.mark.parametrize("token, reason", [
