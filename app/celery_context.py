@@ -398,13 +398,7 @@ class _ContextSigner(Signer):
         if self.key_derivation == "none" or type(self.algorithm) is not HMACAlgorithm:
             raise ValueError("_ContextSigner signs with HMAC over derived keys only")
         # Newest first: it signs, and it is the likeliest to verify.
-        self._derived = [super(_ContextSigner, self).derive_key(key) for key in reversed(self.secret_keys)]
-        self._states = [_hmac_states(self.digest_method, key) for key in self._derived]
-
-    def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
-        if secret_key is None:
-            return self._derived[0]
-        return super().derive_key(secret_key)
+        self._states = [_hmac_states(self.digest_method, self.derive_key(key)) for key in reversed(self.secret_keys)]
 
     def get_signature(self, value: str | bytes) -> bytes:
         value = value if type(value) is bytes else want_bytes(value)
@@ -459,8 +453,6 @@ class _AppState:
 
     settings: ContextSettings
     signer: Signer
-    #: after_request hooks as ``app.ensure_sync`` returned them, by hook.
-    sync_hooks: dict[Any, Any] = field(default_factory=dict)
 
     @classmethod
     def for_app(cls, app: Flask) -> _AppState:
@@ -623,18 +615,9 @@ def _run_after_request_hooks(app: Flask, response: Any) -> Any:
     for hook in ctx._after_request_functions:
         response = app.ensure_sync(hook)(response)
     hooks = app.after_request_funcs
-    # The app's hooks are the same few functions task after task: wrap each once.
-    state = app.extensions.get("celery_with_context")
-    sync_hooks = state.sync_hooks if state is not None else {}
     for name in chain(ctx.request.blueprints, (None,)):
         for hook in reversed(hooks.get(name, ())):
-            try:
-                sync = sync_hooks.get(hook)
-                if sync is None:
-                    sync = sync_hooks[hook] = app.ensure_sync(hook)
-            except TypeError:  # a callable that cannot be hashed: wrap it every time
-                sync = app.ensure_sync(hook)
-            response = sync(response)
+            response = app.ensure_sync(hook)(response)
     return response
 
 
