@@ -46,7 +46,7 @@ if str(ROOT) not in sys.path:
 from bench.context_overhead import _die_with_parent, _loadavg, _raise_on_signal  # noqa: E402
 from config import redis_socket_url  # noqa: E402
 from devservers.processes import stop_process_group  # noqa: E402
-from devservers.redis_server import start_redis  # noqa: E402
+from devservers.redis_server import start_redis, stop_redis  # noqa: E402
 
 BIN = Path(sys.executable).parent
 SECRET_KEY = "bench-secret-key-0123456789abcdef-not-for-production"
@@ -339,13 +339,7 @@ def main(argv=None) -> int:
                 celery_app.close()
             except Exception:  # noqa: BLE001 - cleanup is best effort
                 pass
-        if redis_process is not None and redis_process.poll() is None:
-            redis_process.terminate()
-            try:
-                redis_process.wait(10)
-            except subprocess.TimeoutExpired:
-                redis_process.kill()
-                redis_process.wait(5)
+        stop_redis(redis_process)
         shutil.rmtree(tmp, ignore_errors=True)
         for signum, handler in previous.items():
             signal.signal(signum, handler)

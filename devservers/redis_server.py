@@ -70,6 +70,18 @@ def start_redis(socket_path: Path, data_dir: Path, *, port: int = 0, persist: bo
         time.sleep(0.02)
 
 
+def stop_redis(process: subprocess.Popen | None, timeout: float = 10.0) -> None:
+    """SIGTERM a redis-server started by :func:`start_redis`, SIGKILL it if it lingers."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
 def main() -> None:
     from config import config_from_environment
 

@@ -26,7 +26,7 @@ from app import create_app
 from app.extensions import celery, db
 from app.models import Post, Task, TaskState, User, utcnow
 from config import TestingConfig, redis_socket_url
-from devservers.redis_server import start_redis
+from devservers.redis_server import start_redis, stop_redis
 from tests.conftest import TEST_SECRET_KEY, AuthActions, csrf_token_in
 from tests.support.services import WorkerProcess, _die_with_parent, wait_until
 
@@ -67,9 +67,7 @@ class OutageStack:
                                  log_path=self.directory / "redis.log", preexec_fn=_die_with_parent)
 
     def stop_redis(self) -> None:
-        if self.redis is not None and self.redis.poll() is None:
-            self.redis.terminate()
-            self.redis.wait(10)
+        stop_redis(self.redis)
 
 
 @pytest.fixture(scope="module")

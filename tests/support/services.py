@@ -12,7 +12,7 @@ import redis
 
 from config import redis_socket_url
 from devservers.processes import die_with_parent, stop_process_group
-from devservers.redis_server import start_redis
+from devservers.redis_server import start_redis, stop_redis
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -82,9 +82,7 @@ class RedisService:
         return redis.Redis(unix_socket_path=str(self.socket_path), db=db)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
+        stop_redis(self.process)
 
 
 class WorkerProcess:
