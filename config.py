@@ -107,11 +107,13 @@ class Config:
         self.CELERY_TASK_SOFT_TIME_LIMIT = _int(
             "CELERY_TASK_SOFT_TIME_LIMIT", get("CELERY_TASK_SOFT_TIME_LIMIT"), 3300
         )
-        # What CeleryWithContext carries to the worker; unset means the safe defaults
-        # documented in app/celery_context.py and the README.
+        # What Flask-Celery-Request carries to the worker; unset means the safe defaults
+        # its README documents. A context older than MAX_AGE is refused, so it must stay
+        # above the longest countdown and outbox re-send delay in use.
         self.CELERY_CONTEXT_MAX_BYTES = _int(
             "CELERY_CONTEXT_MAX_BYTES", get("CELERY_CONTEXT_MAX_BYTES"), 64 * 1024
         )
+        self.CELERY_CONTEXT_MAX_AGE = _int("CELERY_CONTEXT_MAX_AGE", get("CELERY_CONTEXT_MAX_AGE"), 7 * 24 * 3600)
         if get("CELERY_CONTEXT_DROP_HEADERS") is not None:
             self.CELERY_CONTEXT_DROP_HEADERS = _list(get("CELERY_CONTEXT_DROP_HEADERS")) or []
         if get("CELERY_CONTEXT_SENSITIVE_PATTERN") is not None:

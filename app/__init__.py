@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from flask import Flask
 
+from app import broker  # noqa: F401  (connects the worker's broker hooks)
+from app.celery_config import celery_settings
 from app.extensions import celery, csrf, db, login, mail, migrate
 from config import Config, config_from_environment
 
@@ -17,6 +19,7 @@ def create_app(config_class: type[Config] | Config | None = None) -> Flask:
         config = config_class
     app = Flask(__name__, instance_path=config.INSTANCE_PATH)
     app.config.from_object(config)
+    app.config["CELERY"] = celery_settings(app.config)
 
     db.init_app(app)
     migrate.init_app(app, db, render_as_batch=True)

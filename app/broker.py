@@ -1,4 +1,6 @@
-"""A worker must survive losing the Redis broker while it holds unacknowledged messages.
+"""How the app's workers live with a broker and result backend that go away.
+
+A worker must survive losing the Redis broker while it holds unacknowledged messages.
 
 When the broker connection drops, Celery's consumer (``on_connection_error_after_connected``)
 first calls ``connection.collect()``, which detaches the kombu transport from its
@@ -18,6 +20,8 @@ and kombu hands them out again after the visibility timeout.
 from __future__ import annotations
 
 from functools import wraps
+
+from celery.signals import celeryd_init
 
 
 def survive_broker_loss_with_unacked_messages() -> None:
@@ -39,3 +43,20 @@ def survive_broker_loss_with_unacked_messages() -> None:
 
     _connparams._detached_transport_is_a_connection_error = True
     channel._connparams = _connparams
+
+
+@celeryd_init.connect
+def _patient_result_backend_in_workers(conf=None, **_kwargs) -> None:
+    """Web requests give up on a dead Redis within a second; workers keep retrying
+    result writes as long as Celery's default policy does."""
+    if conf is not None:
+        conf.result_backend_transport_options = {
+            **(conf.result_backend_transport_options or {}),
+            "retry_policy": {"max_retries": 20, "interval_start": 0, "interval_step": 1, "interval_max": 1},
+        }
+
+
+@celeryd_init.connect
+def _survive_broker_loss(**_kwargs) -> None:
+    """Reconnect, rather than exit, when Redis goes away while messages are unacked."""
+    survive_broker_loss_with_unacked_messages()

@@ -1,12 +1,11 @@
 """The extension objects, created once; ``create_app`` binds them to each app."""
+from flask_celery_request import CeleryWithContext
 from flask_login import LoginManager
 from flask_mail import Mail
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf.csrf import CSRFProtect
 from sqlalchemy.orm import DeclarativeBase
-
-from app.celery_context import CeleryWithContext
 
 
 class Base(DeclarativeBase):
@@ -20,4 +19,4 @@ csrf = CSRFProtect()
 login = LoginManager()
 login.login_view = "auth.login"
 login.login_message = "Please log in to access this page."
-celery = CeleryWithContext("microblog")
+celery = CeleryWithContext(main="microblog")

@@ -1,29 +1,8 @@
 """Celery tasks: thin wrappers that call plain functions and report."""
 from __future__ import annotations
 
-from celery.signals import celeryd_init
-
 from app.extensions import celery, db
 from app.models import Task, TaskState, utcnow
-
-
-@celeryd_init.connect
-def _patient_result_backend_in_workers(conf=None, **_kwargs) -> None:
-    """Web requests give up on a dead Redis within a second; workers keep retrying
-    result writes as long as Celery's default policy does."""
-    if conf is not None:
-        conf.result_backend_transport_options = {
-            **(conf.result_backend_transport_options or {}),
-            "retry_policy": {"max_retries": 20, "interval_start": 0, "interval_step": 1, "interval_max": 1},
-        }
-
-
-@celeryd_init.connect
-def _survive_broker_loss(**_kwargs) -> None:
-    """Reconnect, rather than exit, when Redis goes away while messages are unacked."""
-    from app.broker import survive_broker_loss_with_unacked_messages
-
-    survive_broker_loss_with_unacked_messages()
 
 
 def finish_task(task_id: str, *, error: str | None = None) -> Task | None:

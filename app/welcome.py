@@ -12,8 +12,8 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 from flask import current_app, has_request_context, render_template, url_for
+from flask_celery_request import CONTEXT_HEADER, current_context
 
-from app.celery_context import CONTEXT_HEADER, current_context_token
 from app.email import send_email
 from app.extensions import db
 from app.models import DeliveryStatus, EmailDelivery, User, utcnow
@@ -23,7 +23,7 @@ _PENDING_KEY = "welcome_deliveries"
 
 
 def _on_user_insert(mapper, connection, user: User) -> None:
-    token = current_context_token() if has_request_context() else None
+    token = current_context() if has_request_context() else None
     delivery_id = connection.execute(
         sa.insert(EmailDelivery).values(
             kind=KIND, user_id=user.id, recipient=user.email, status=DeliveryStatus.PENDING,

@@ -91,7 +91,7 @@ def test_the_first_app_still_serves_after_celery_is_rebound(make_named_app):
 
 def test_each_app_keeps_its_own_celery_context_state(make_named_app):
     one, two = make_named_app("one", SECRET_KEY="first-secret-0123456789"), make_named_app("two")
-    assert one.extensions["celery_with_context"] is not two.extensions["celery_with_context"]
+    assert one.extensions["flask_celery_request"] is not two.extensions["flask_celery_request"]
 
 
 def test_extensions_are_registered(app):
@@ -101,7 +101,7 @@ def test_extensions_are_registered(app):
     assert app.extensions["csrf"] is csrf
     assert app.extensions["mail"].default_sender == app.config["MAIL_DEFAULT_SENDER"]
     assert app.extensions["celery"] is celery
-    assert "celery_with_context" in app.extensions
+    assert "flask_celery_request" in app.extensions
     assert isinstance(login, LoginManager) and app.login_manager is login
 
 

@@ -1,0 +1,103 @@
+"""Where Flask 3.1 and 3.2, Flask-Login 0.6 and 0.7, and Celery's internals differ.
+
+Every use of a private name of those libraries is in this module, so that a new
+release breaks one small file, and its tests (``tests/test_compat.py``) say which.
+"""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
+from io import BytesIO
+from typing import Any
+
+from flask import Flask, Response, g, has_app_context, request, session
+
+#: Flask 3.2 merged RequestContext into AppContext, and its dispatch methods take the
+#: context as their first argument.
+PROCESS_RESPONSE_TAKES_CONTEXT = len(inspect.signature(Flask.process_response).parameters) == 3
+#: Flask 3.1 reuses an app context already pushed when a request context is pushed;
+#: 3.2 always pushes a fresh one.
+REQUEST_REUSES_APP_CONTEXT = not PROCESS_RESPONSE_TAKES_CONTEXT
+
+
+@contextmanager
+def request_context(app: Flask, environ: dict[str, Any], form: Any = None) -> Iterator[Any]:
+    """``app.request_context(environ)``, pushed, with its own ``g`` on every Flask.
+
+    ``form``, when given, is the already parsed form (set through werkzeug's
+    ``cached_property``, whose setter is public), so the worker does not parse it again.
+    """
+    ctx = app.request_context(environ)
+    if form is not None:
+        ctx.request.form = form
+        ctx.request.files = type(form)()
+        ctx.request.stream = BytesIO()
+    if REQUEST_REUSES_APP_CONTEXT and has_app_context():
+        # Flask 3.1 would share the outer app context's g with the replayed request.
+        with app.app_context(), ctx:
+            yield ctx
+    else:
+        with ctx:
+            yield ctx
+
+
+def process_response(app: Flask, ctx: Any, response: Response) -> Response:
+    """The app's after_request hooks (and session saving) for the pushed ``ctx``."""
+    if PROCESS_RESPONSE_TAKES_CONTEXT:
+        return app.process_response(ctx, response)
+    return app.process_response(response)
+
+
+# --- Flask-Login ---------------------------------------------------------------------------
+
+#: Flask-Login keeps the loaded user in ``g`` under this name (0.6 and 0.7).
+_LOADED_USER = "_login_user"
+
+
+def sender_user_id(app: Flask) -> str | None:
+    """The id of the user signed in to the live request, or None.
+
+    Cheap when it can be: the user the view already loaded, else the id in the session
+    (what Flask-Login would load); Flask-Login loads it only when neither says (a
+    remember-me cookie, a request loader, strong session protection).
+    """
+    manager = getattr(app, "login_manager", None)
+    if manager is None:
+        return None
+    user = g.get(_LOADED_USER)
+    if user is None:
+        mode = app.config.get("SESSION_PROTECTION", manager.session_protection)
+        user_id = session.get("_user_id") if mode != "strong" else None
+        if user_id is not None:
+            return str(user_id)
+        cookie_name = app.config.get("REMEMBER_COOKIE_NAME", "remember_token")
+        if mode != "strong" and cookie_name not in request.cookies and manager.request_callback is None:
+            return None
+        from flask_login import current_user
+
+        user = current_user._get_current_object()
+    return str(user.get_id()) if user.is_authenticated else None
+
+
+def restore_user(app: Flask, user_id: str) -> None:
+    """Make the user ``user_id`` the current user of the replayed request, through the
+    app's own ``user_loader``; a user that no longer exists is anonymous."""
+    manager = getattr(app, "login_manager", None)
+    if manager is None or manager.user_callback is None:
+        return
+    manager._update_request_context_with_user(manager.user_callback(user_id))
+
+
+# --- Celery --------------------------------------------------------------------------------
+
+
+def forget_connections(celery_app: Any) -> None:
+    """Drop the connection pools and result backend bound to the previous broker, as
+    Celery does after a fork, so a rebound app does not keep using the old one."""
+    celery_app._pool = None
+    amqp = celery_app.__dict__.get("amqp")
+    if amqp is not None:
+        amqp._producer_pool = None
+    celery_app._backend_cache = None
+    celery_app._local.__dict__.pop("backend", None)

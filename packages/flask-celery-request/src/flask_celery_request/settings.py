@@ -1,0 +1,101 @@
+"""What the carrier keeps, drops and accepts, read once from the Flask config."""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+#: Headers never captured (case-insensitive), whatever their value: credentials, and the
+#: identity assertions that proxies (Google IAP, Cloudflare Access, AWS ALB, Azure App
+#: Service, oauth2-proxy) add to each request.
+DEFAULT_DROP_HEADERS = (
+    "Cookie",
+    "Authorization",
+    "Proxy-Authorization",
+    "X-CSRFToken",
+    "X-CSRF-Token",
+    "X-XSRF-Token",
+    "X-API-Key",
+    "X-Auth-Token",
+    "X-Goog-IAP-JWT-Assertion",
+    "Cf-Access-Jwt-Assertion",
+    "X-Amzn-Oidc-Data",
+    "X-Amzn-Oidc-Accesstoken",
+    "X-MS-Client-Principal",
+    "X-Forwarded-Access-Token",
+    "X-Forwarded-Client-Cert",
+)
+
+#: Header, form, JSON and query field names matching this (case-insensitive, camelCase
+#: split into words first) are dropped at capture. Short words (pin, otp, cvv) only
+#: match whole, so ``spinner`` or ``hotpot`` stay.
+DEFAULT_SENSITIVE_PATTERN = (
+    r"(?<![a-z])pass(word|wd|phrase|code)?(?![a-z])|pwd|secret|token|csrf|xsrf|credential|cookie|session"
+    r"|signature|assertion|jwt|oidc|saml|authoriz|auth(?!or)|api_?key|private_?key|access_?key"
+    r"|card_?(number|num|no)(?![a-z])|credit_?card|cc_?(number|num)|(?<![a-z0-9])("
+    r"pin|pin_?code|otp|totp|hotp|mfa|2fa|cvv2?|cvc2?|csc|ssn|iban"
+    r"|(verification|security|recovery|backup|reset|confirmation|one_?time|sms)_?code"
+    r")(?![a-z0-9])|^code$"
+)
+
+#: Headers whose value is a URL: their query parameters are scrubbed by name.
+URL_HEADERS = (
+    "Referer",
+    "Origin",
+    "Location",
+    "Content-Location",
+    "X-Original-URL",
+    "X-Original-URI",
+    "X-Rewrite-URL",
+    "X-Forwarded-Uri",
+)
+
+DEFAULT_MAX_BYTES = 64 * 1024
+DEFAULT_MAX_AGE = 7 * 24 * 3600
+
+_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_SEPARATORS = re.compile(r"[-\s.\[\]]+")
+
+
+def environ_header_key(name: str) -> str:
+    """``X-Api-Key`` -> ``HTTP_X_API_KEY``, as WSGI servers name headers."""
+    return "HTTP_" + name.upper().replace("-", "_")
+
+
+@dataclass(frozen=True)
+class ContextSettings:
+    """The ``CELERY_CONTEXT_*`` settings of one Flask app."""
+
+    drop_headers: frozenset[str]
+    url_headers: frozenset[str]
+    sensitive: re.Pattern[str] | None
+    max_bytes: int
+    max_age: int
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> ContextSettings:
+        headers = config.get("CELERY_CONTEXT_DROP_HEADERS")
+        pattern = config.get("CELERY_CONTEXT_SENSITIVE_PATTERN")
+        max_bytes = int(config.get("CELERY_CONTEXT_MAX_BYTES") or DEFAULT_MAX_BYTES)
+        max_age = int(config.get("CELERY_CONTEXT_MAX_AGE") or DEFAULT_MAX_AGE)
+        if max_bytes < 1024:
+            raise ValueError(f"CELERY_CONTEXT_MAX_BYTES must be at least 1024, found {max_bytes}")
+        if max_age < 1:
+            raise ValueError(f"CELERY_CONTEXT_MAX_AGE must be a positive number of seconds, found {max_age}")
+        return cls(
+            drop_headers=frozenset(environ_header_key(name)
+                                   for name in (DEFAULT_DROP_HEADERS if headers is None else headers)),
+            url_headers=frozenset(environ_header_key(name) for name in URL_HEADERS),
+            sensitive=re.compile(DEFAULT_SENSITIVE_PATTERN if pattern is None else pattern, re.IGNORECASE)
+            if pattern != "" else None,
+            max_bytes=max_bytes,
+            max_age=max_age,
+        )
+
+    def is_sensitive(self, name: str) -> bool:
+        """Whether a header, form, JSON or query field name is one capture leaves out."""
+        if self.sensitive is None:
+            return False
+        words = _SEPARATORS.sub("_", _CAMEL_BOUNDARY.sub("_", name))
+        return self.sensitive.search(words) is not None

@@ -1,0 +1,182 @@
+"""The Celery app and its Task class: where capture, transport and replay are wired in."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery, Task, current_task
+from flask import Flask, current_app, has_app_context, has_request_context, request
+
+from . import compat
+from .capture import capture_request, shrink_to_fit
+from .replay import ENVIRON_TOKEN_KEY, replay_request
+from .settings import ContextSettings
+from .transport import CONTEXT_HEADER, ContextRefused, Sealer
+
+logger = logging.getLogger("flask_celery_request")
+
+EXTENSION_KEY = "flask_celery_request"
+#: Cached in the environ of a request whose context does not fit: do not try again.
+_NO_CONTEXT = ""
+
+
+@dataclass(frozen=True)
+class _AppState:
+    """What one Flask app needs to seal and open contexts, built once by ``init_app``."""
+
+    settings: ContextSettings
+    sealer: Sealer
+
+    @classmethod
+    def of(cls, app: Flask) -> _AppState:
+        state = app.extensions.get(EXTENSION_KEY)
+        if state is None:
+            state = app.extensions[EXTENSION_KEY] = cls.build(app)
+        return state
+
+    @classmethod
+    def build(cls, app: Flask) -> _AppState:
+        if not app.secret_key:
+            raise RuntimeError("Flask-Celery-Request encrypts request contexts with a key derived "
+                               "from SECRET_KEY; set it")
+        settings = ContextSettings.from_config(app.config)
+        keys = [app.secret_key, *reversed(app.config.get("SECRET_KEY_FALLBACKS") or [])]
+        return cls(settings, Sealer(keys, settings))
+
+
+def seal_current_request() -> str | None:
+    """Capture the live request and seal it: a value for :data:`CONTEXT_HEADER`, or
+    None if it does not fit in ``CELERY_CONTEXT_MAX_BYTES`` even without its body and
+    headers (logged)."""
+    app = current_app._get_current_object()
+    state = _AppState.of(app)
+    context = capture_request(request._get_current_object(), state.settings, compat.sender_user_id(app))
+    plaintext = shrink_to_fit(context, state.sealer.encode, state.settings.max_bytes)
+    return None if plaintext is None else state.sealer.seal(plaintext)
+
+
+def current_context() -> str | None:
+    """The sealed context a task sent now would carry: the live request's (captured
+    once per request, at its first task), else the running task's; None outside both."""
+    if has_request_context():
+        environ = request.environ
+        token = environ.get(ENVIRON_TOKEN_KEY)
+        if token is None:
+            token = environ[ENVIRON_TOKEN_KEY] = seal_current_request() or _NO_CONTEXT
+        return token or None
+    running = current_task._get_current_object()
+    return None if running is None else header_from(running.request)
+
+
+def header_from(celery_request: Any) -> str | None:
+    """Our header in a task's request, wherever this Celery version or a tool put it."""
+    if celery_request is None:
+        return None
+    value = getattr(celery_request, CONTEXT_HEADER, None)
+    if value is not None:
+        return value
+    headers = getattr(celery_request, "headers", None)
+    if isinstance(headers, Mapping):
+        value = headers.get(CONTEXT_HEADER)
+        if value is None and isinstance(headers.get("headers"), Mapping):
+            value = headers["headers"].get(CONTEXT_HEADER)
+    return value
+
+
+def _with_context(headers: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    if headers and CONTEXT_HEADER in headers:
+        return headers  # given explicitly (an outbox re-sending a recorded context)
+    token = current_context()
+    if token is None:
+        return headers
+    return {**headers, CONTEXT_HEADER: token} if headers else {CONTEXT_HEADER: token}
+
+
+class ContextTask(Task):
+    """A task that carries the sending request to the worker and runs inside it."""
+
+    def apply_async(self, args=None, kwargs=None, task_id=None, producer=None, link=None,
+                    link_error=None, shadow=None, **options):
+        options["headers"] = _with_context(options.get("headers"))
+        return super().apply_async(args, kwargs, task_id, producer, link, link_error, shadow, **options)
+
+    def apply(self, args=None, kwargs=None, link=None, link_error=None, task_id=None,
+              retries=None, throw=None, logfile=None, loglevel=None, headers=None, **options):
+        return super().apply(args, kwargs, link, link_error, task_id, retries, throw,
+                             logfile, loglevel, _with_context(headers), **options)
+
+    def signature_from_request(self, request=None, args=None, kwargs=None, queue=None, **extra_options):
+        """As Celery's, keeping the context: ``retry()`` and Celery 5.7's
+        ``task_retry_on_worker_lost`` (the worker's parent re-sends the task, outside
+        any request) build the new message here."""
+        signature = super().signature_from_request(request, args, kwargs, queue, **extra_options)
+        token = header_from(self.request if request is None else request)
+        if token is not None:
+            signature.options["headers"] = {**(signature.options.get("headers") or {}), CONTEXT_HEADER: token}
+        return signature
+
+    def __call__(self, *args, **kwargs):
+        if has_request_context():
+            # Called or applied inside a live (or replayed) request: run right there.
+            return self._run(args, kwargs)
+        app = self._flask_app()
+        token = header_from(self.request)
+        if token is None:
+            with app.app_context():
+                return self._run(args, kwargs)
+        try:
+            context = _AppState.of(app).sealer.open(token)
+        except ContextRefused as exc:
+            logger.error("Refusing to run task %s[%s]: %s", self.name, self.request.id, exc)
+            raise
+        with replay_request(app, context, token):
+            return self._run(args, kwargs)
+
+    def _run(self, args, kwargs):
+        if not self.request.called_directly:
+            # The worker's tracer (or apply()) already pushed this task's request.
+            return self.run(*args, **kwargs)
+        return super().__call__(*args, **kwargs)
+
+    def _flask_app(self) -> Flask:
+        if has_app_context():
+            return current_app._get_current_object()
+        app = getattr(self.app, "flask_app", None)
+        if app is None:
+            raise RuntimeError("CeleryWithContext has no Flask app: call celery.init_app(app) "
+                               "before running tasks")
+        return app
+
+
+class CeleryWithContext(Celery):
+    """A Celery app whose tasks run inside the Flask request (or app) that sent them.
+
+    ``CeleryWithContext(app=None, **celery_kwargs)``: the keyword arguments are
+    Celery's (``main``, ``broker``, ...); :meth:`init_app` binds a Flask app.
+    """
+
+    task_cls = ContextTask
+
+    def __init__(self, app: Flask | None = None, **celery_kwargs: Any) -> None:
+        main = celery_kwargs.pop("main", None)
+        if main is None and app is not None:
+            main = app.import_name
+        super().__init__(main, **celery_kwargs)
+        self.flask_app: Flask | None = None
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Bind ``app``: Celery settings from ``app.config["CELERY"]`` (lower-case Celery
+        names), contexts sealed with its ``SECRET_KEY``. The latest app bound runs tasks
+        that arrive without a Flask context."""
+        state = _AppState.build(app)
+        previous = (self.conf.broker_url, self.conf.result_backend) if self.flask_app is not None else None
+        self.conf.update(app.config.get("CELERY") or {})
+        if previous is not None and previous != (self.conf.broker_url, self.conf.result_backend):
+            compat.forget_connections(self)
+        self.flask_app = app
+        app.extensions["celery"] = self
+        app.extensions[EXTENSION_KEY] = state
