@@ -1,10 +1,20 @@
-# `make run` and `make test` work on a fresh clone with Python 3.11+ and nothing else.
+# `make run` works on a fresh clone with Python 3.11+ and nothing else; `make test` also
+# needs what tests/postgres, tests/rabbitmq and the browser tests start (see README).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 export FLASK_APP := celery_worker:app
 
-.PHONY: run test install install-dev migrate bench clean
+# The extension's own suite also runs against the coming Flask, Werkzeug and Flask-Login
+# (pre-release wheels) and against the oldest Celery it supports, each in a venv of its own.
+PACKAGE := packages/flask-celery-request
+PRERELEASE_WHEELS ?= ../shared/wheels
+OLDEST_CELERY ?= 5.5.0
+NEXT_VENV := .venv-next
+CELERY55_VENV := .venv-celery55
+
+.PHONY: run test test-app test-package test-package-released test-package-prerelease \
+        test-package-oldest-celery install install-dev migrate bench clean
 
 $(VENV)/.python-ok:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required; found " + sys.version.split()[0] + ". Set PYTHON=python3.11 (or newer).")'
@@ -12,7 +22,7 @@ $(VENV)/.python-ok:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	touch $@
 
-$(VENV)/.installed: $(VENV)/.python-ok requirements.txt
+$(VENV)/.installed: $(VENV)/.python-ok requirements.txt $(PACKAGE)/pyproject.toml
 	$(BIN)/pip install --quiet -r requirements.txt
 	touch $@
 
@@ -29,12 +39,46 @@ migrate: install
 run: migrate
 	$(BIN)/python -m devservers.run
 
-test: install-dev
+test: test-app test-package
+
+test-app: install-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-package: test-package-released test-package-prerelease test-package-oldest-celery
+
+test-package-released: install-dev
+	cd $(PACKAGE) && $(CURDIR)/$(BIN)/python -m pytest -q -p no:cacheprovider
+
+$(NEXT_VENV)/.installed: $(VENV)/.python-ok $(PACKAGE)/pyproject.toml
+	$(PYTHON) -m venv $(NEXT_VENV)
+	$(NEXT_VENV)/bin/pip install --quiet -e '$(PACKAGE)[test]'
+	touch $@
+
+test-package-prerelease: $(NEXT_VENV)/.installed
+	@if ls $(PRERELEASE_WHEELS)/*.whl >/dev/null 2>&1; then \
+		$(NEXT_VENV)/bin/pip install --quiet --no-deps --force-reinstall $(PRERELEASE_WHEELS)/*.whl && \
+		$(NEXT_VENV)/bin/python -c 'import flask, werkzeug, flask_login; from importlib.metadata import version; print("Pre-release run:", *(f"{n} {version(n)}" for n in ("flask", "werkzeug", "flask-login")))' && \
+		cd $(PACKAGE) && $(CURDIR)/$(NEXT_VENV)/bin/python -m pytest -q -p no:cacheprovider; \
+	else \
+		echo "************************************************************************"; \
+		echo "* NOT TESTED: no pre-release wheels in PRERELEASE_WHEELS=$(PRERELEASE_WHEELS)"; \
+		echo "* Flask-Celery-Request was NOT run against Flask 3.2 / Werkzeug 3.2 /"; \
+		echo "* Flask-Login 0.7. Point PRERELEASE_WHEELS at a folder of their wheels."; \
+		echo "************************************************************************"; \
+	fi
+
+$(CELERY55_VENV)/.installed: $(VENV)/.python-ok $(PACKAGE)/pyproject.toml
+	$(PYTHON) -m venv $(CELERY55_VENV)
+	$(CELERY55_VENV)/bin/pip install --quiet -e '$(PACKAGE)[test]' 'celery[redis]==$(OLDEST_CELERY)'
+	touch $@
+
+test-package-oldest-celery: $(CELERY55_VENV)/.installed
+	@$(CELERY55_VENV)/bin/python -c 'from importlib.metadata import version; print("Oldest-Celery run: celery", version("celery"), "kombu", version("kombu"))'
+	cd $(PACKAGE) && $(CURDIR)/$(CELERY55_VENV)/bin/python -m pytest -q -p no:cacheprovider
 
 bench: install-dev
 	$(BIN)/python bench/context_overhead.py
 	$(BIN)/python bench/export_scaling.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(NEXT_VENV) $(CELERY55_VENV) .pytest_cache

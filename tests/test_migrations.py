@@ -88,3 +88,41 @@ def test_downgrade_base_drops_the_tables(flask_db, database):
     flask_db("upgrade")
     flask_db("downgrade", "base")
     assert not APP_TABLES & tables(database)
+
+
+def test_upgrade_reseals_outbox_contexts_of_the_earlier_signed_format(flask_db, database):
+    """Pending emails queued before the upgrade keep their request (sealed anew);
+    a context that does not verify is cleared, and sent emails keep none."""
+    import json
+
+    from flask import Flask
+    from itsdangerous import Signer
+
+    from flask_celery_request.settings import ContextSettings
+    from flask_celery_request.transport import PREFIX, Sealer
+
+    flask_db("upgrade", "e01dd2941fd8")
+    context = {"v": 1, "e": {"HTTP_HOST": "blog.example:8443", "wsgi.url_scheme": "https", "PATH_INFO": "/auth/register"},
+               "f": [["username", "susan"]]}
+    signed = Signer([TEST_SECRET_KEY], salt="celery-with-context.v1").sign(json.dumps(context)).decode()
+    forged = Signer(["another-secret-0123456789"], salt="celery-with-context.v1").sign(json.dumps(context)).decode()
+    with sqlite3.connect(database) as connection:
+        connection.executemany(
+            "INSERT INTO email_delivery (kind, recipient, status, attempts, request_context, created, updated)"
+            " VALUES ('welcome', ?, ?, 0, ?, '2026-12-01 10:00:00', '2026-12-01 10:00:00')",
+            [("a@example.com", "pending", signed), ("b@example.com", "pending", forged),
+             ("c@example.com", "sent", signed), ("d@example.com", "retrying", None)])
+    flask_db("upgrade")
+    with sqlite3.connect(database) as connection:
+        stored = dict(connection.execute("SELECT recipient, request_context FROM email_delivery").fetchall())
+    assert stored["b@example.com"] is None and stored["c@example.com"] is None and stored["d@example.com"] is None
+    assert stored["a@example.com"].startswith(PREFIX)
+    app = Flask(__name__)
+    app.config["SECRET_KEY"] = TEST_SECRET_KEY
+    opened = Sealer([TEST_SECRET_KEY], ContextSettings.from_config(app.config)).open(stored["a@example.com"])
+    assert opened == {key: value for key, value in context.items() if key != "v"}
+
+    flask_db("downgrade", "e01dd2941fd8")
+    with sqlite3.connect(database) as connection:
+        assert connection.execute("SELECT request_context FROM email_delivery WHERE recipient = 'a@example.com'"
+                                  ).fetchone() == (None,)
