@@ -185,7 +185,7 @@ class EmailDelivery(db.Model):
     status: so.Mapped[str] = so.mapped_column(sa.String(16), default=DeliveryStatus.PENDING, index=True)
     attempts: so.Mapped[int] = so.mapped_column(default=0)
     last_error: so.Mapped[str | None] = so.mapped_column(sa.Text)
-    #: The signed request context of the request that caused it, for re-sends.
+    #: The sealed request context of the request that caused it, for re-sends.
     request_context: so.Mapped[str | None] = so.mapped_column(sa.Text)
     created: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
     updated: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

@@ -1,7 +1,7 @@
 """The welcome email: scheduled when a user row is committed, sent by a worker later.
 
 An ``after_insert`` event writes an :class:`EmailDelivery` row in the same transaction
-as the user (with the signed request context of the registration), and an
+as the user (with the sealed request context of the registration), and an
 ``after_commit`` event enqueues it with ``countdown=WELCOME_EMAIL_DELAY``. A rolled-back
 user leaves nothing behind; a broker outage leaves a pending row that
 :func:`requeue_stalled_deliveries` sends later, with the same request context.
