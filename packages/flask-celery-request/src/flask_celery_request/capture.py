@@ -16,7 +16,7 @@ from urllib.parse import unquote_plus
 
 from werkzeug.wrappers import Request
 
-from .settings import ContextSettings
+from .settings import DROP, SCRUB_URL, ContextSettings
 
 logger = logging.getLogger(__name__)
 
@@ -73,16 +73,15 @@ def _carried_environ(environ: dict[str, Any], settings: ContextSettings) -> dict
     carried = {}
     for key, value in environ.items():
         if key.startswith("HTTP_"):
-            if key in settings.drop_headers or value is None:
+            verdict = settings.header_verdict(key)
+            if verdict == DROP or value is None:
                 continue
-            name = key[5:]
-            if settings.is_sensitive(name):
-                continue
-            value = str(value)
-            if key in settings.url_headers and "?" in value:
+            if type(value) is not str:
+                value = str(value)
+            if verdict == SCRUB_URL and "?" in value:
                 url, _, query = value.partition("?")
-                query, fragment_sep, fragment = query.partition("#")
-                value = url + "?" + scrub_query(query, settings) + fragment_sep + fragment
+                query, hash_mark, fragment = query.partition("#")
+                value = url + "?" + scrub_query(query, settings) + hash_mark + fragment
             carried[key] = value
         elif key in CARRIED_ENVIRON_KEYS and value is not None:
             # WSGI says str, but servers differ (werkzeug's REMOTE_PORT is an int).
@@ -102,6 +101,8 @@ def scrub_query(query: str, settings: ContextSettings) -> str:
 
 def _query_name(raw_name: str) -> str:
     # The name as request.args has it, so that ``pas%73word`` is judged as "password".
+    if raw_name.isascii() and "%" not in raw_name and "+" not in raw_name:
+        return raw_name
     return unquote_plus(raw_name.encode("latin-1", "replace").decode("utf-8", "replace"), errors="replace")
 
 

@@ -12,6 +12,7 @@ from io import BytesIO
 from typing import Any
 
 from flask import Flask, Response, g, has_app_context, request, session
+from flask.sessions import NullSession, SecureCookieSession
 
 #: Flask 3.2 merged RequestContext into AppContext, and its dispatch methods take the
 #: context as their first argument.
@@ -21,14 +22,36 @@ PROCESS_RESPONSE_TAKES_CONTEXT = len(inspect.signature(Flask.process_response).p
 REQUEST_REUSES_APP_CONTEXT = not PROCESS_RESPONSE_TAKES_CONTEXT
 
 
+class UnsavedSession(NullSession):
+    """The session of a replayed request: empty (no cookie is carried) and writable,
+    but a null session to Flask, so it is neither opened nor saved: the response of a
+    replayed request reaches no browser."""
+
+    __setitem__ = SecureCookieSession.__setitem__
+    __delitem__ = SecureCookieSession.__delitem__
+    clear = SecureCookieSession.clear
+    pop = SecureCookieSession.pop
+    popitem = SecureCookieSession.popitem
+    update = SecureCookieSession.update
+    setdefault = SecureCookieSession.setdefault
+
+
+def _give_session(ctx: Any, session: SecureCookieSession) -> None:
+    # What ``session=`` of the context's constructor sets (Flask 3.1 and 3.2), which
+    # ``app.request_context()`` does not take.
+    ctx._session = session
+
+
 @contextmanager
 def request_context(app: Flask, environ: dict[str, Any], form: Any = None) -> Iterator[Any]:
-    """``app.request_context(environ)``, pushed, with its own ``g`` on every Flask.
+    """``app.request_context(environ)``, pushed, with its own ``g`` on every Flask and
+    an :class:`UnsavedSession`.
 
     ``form``, when given, is the already parsed form (set through werkzeug's
     ``cached_property``, whose setter is public), so the worker does not parse it again.
     """
     ctx = app.request_context(environ)
+    _give_session(ctx, UnsavedSession())
     if form is not None:
         ctx.request.form = form
         ctx.request.files = type(form)()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 #: Headers never captured (case-insensitive), whatever their value: credentials, and the
@@ -54,6 +54,10 @@ URL_HEADERS = (
 DEFAULT_MAX_BYTES = 64 * 1024
 DEFAULT_MAX_AGE = 7 * 24 * 3600
 
+#: Header verdicts.
+DROP, KEEP, SCRUB_URL = 0, 1, 2
+_REMEMBERED_NAMES = 4096
+_REMEMBERED_NAME_LENGTH = 128
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _SEPARATORS = re.compile(r"[-\s.\[\]]+")
 
@@ -72,6 +76,11 @@ class ContextSettings:
     sensitive: re.Pattern[str] | None
     max_bytes: int
     max_age: int
+    # Field and header names repeat from request to request, and judging one costs a few
+    # microseconds: remember the verdicts, for names of an ordinary length (clients
+    # choose them) and up to a bounded count, so the memory stays small.
+    _verdicts: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
+    _header_verdicts: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ContextSettings:
@@ -93,9 +102,28 @@ class ContextSettings:
             max_age=max_age,
         )
 
+    def header_verdict(self, environ_key: str) -> int:
+        """For an ``HTTP_*`` environ key: :data:`DROP`, :data:`KEEP`, or
+        :data:`SCRUB_URL` (a URL-valued header whose query is scrubbed)."""
+        verdict = self._header_verdicts.get(environ_key)
+        if verdict is None:
+            if environ_key in self.drop_headers or self.is_sensitive(environ_key[5:]):
+                verdict = DROP
+            else:
+                verdict = SCRUB_URL if environ_key in self.url_headers else KEEP
+            _remember(self._header_verdicts, environ_key, verdict)
+        return verdict
+
     def is_sensitive(self, name: str) -> bool:
         """Whether a header, form, JSON or query field name is one capture leaves out."""
-        if self.sensitive is None:
-            return False
-        words = _SEPARATORS.sub("_", _CAMEL_BOUNDARY.sub("_", name))
-        return self.sensitive.search(words) is not None
+        verdict = self._verdicts.get(name)
+        if verdict is None:
+            verdict = self.sensitive is not None and self.sensitive.search(
+                _SEPARATORS.sub("_", _CAMEL_BOUNDARY.sub("_", name))) is not None
+            _remember(self._verdicts, name, verdict)
+        return verdict
+
+
+def _remember(verdicts: dict, name: str, verdict: Any) -> None:
+    if len(name) <= _REMEMBERED_NAME_LENGTH and len(verdicts) < _REMEMBERED_NAMES:
+        verdicts[name] = verdict
