@@ -1,8 +1,14 @@
 """Celery tasks: thin wrappers that call plain functions and report."""
 from __future__ import annotations
 
+from celery.signals import task_failure
+from flask_celery_request import ContextRefused
+
 from app.extensions import celery, db
 from app.models import Task, TaskState, utcnow
+
+#: What the user reads on a job whose carried request the worker refused.
+CONTEXT_REFUSED_MESSAGE = "This job could not be verified and did not run. Please start it again."
 
 
 def finish_task(task_id: str, *, error: str | None = None) -> Task | None:
@@ -101,3 +107,19 @@ def requeue_stalled_emails() -> int:
     from app.welcome import requeue_stalled_deliveries
 
     return requeue_stalled_deliveries()
+
+
+@task_failure.connect
+def _after_a_refused_context(sender=None, task_id=None, exception=None, args=None, **_kwargs) -> None:
+    """A task refused for its request context ran nothing (the extension logged why):
+    end its Task row with a reason instead of leaving it running; a welcome email
+    forgets the context and stays pending, for the next re-send, so it is not lost."""
+    if not isinstance(exception, ContextRefused) or celery.flask_app is None:
+        return
+    from app import welcome
+
+    with celery.flask_app.app_context():
+        if getattr(sender, "name", None) == send_welcome_email.name and args:
+            welcome.forget_request_context(args[0])
+        else:
+            finish_task(task_id, error=CONTEXT_REFUSED_MESSAGE)

@@ -66,6 +66,25 @@ def enqueue(delivery_id: int, token: str | None, countdown: float | None = None)
     return True
 
 
+def forget_request_context(delivery_id: int) -> bool:
+    """Forget a pending delivery's recorded request context (the worker refused it:
+    expired, or sealed with a key no longer held). The row stays pending, so
+    :func:`requeue_stalled_deliveries` sends it again, from outside any request: its
+    links are then built on ``SERVER_NAME``. Not re-sent from here: a task sent from the
+    refused task would inherit the refused context."""
+    forgotten = db.session.execute(
+        sa.update(EmailDelivery)
+        .where(EmailDelivery.id == delivery_id, EmailDelivery.status == DeliveryStatus.PENDING)
+        .values(request_context=None, updated=utcnow())
+    ).rowcount
+    db.session.commit()
+    if not forgotten:
+        return False
+    current_app.logger.warning("Welcome email %s: its request context was refused; it will be "
+                               "re-sent without, with links on SERVER_NAME", delivery_id)
+    return True
+
+
 def requeue_stalled_deliveries(grace: timedelta = timedelta(minutes=10)) -> int:
     """Re-send deliveries still pending well after their eta (their enqueue failed)."""
     cutoff = utcnow() - timedelta(seconds=current_app.config["WELCOME_EMAIL_DELAY"]) - grace
