@@ -1,8 +1,7 @@
 """Error pages in the site's layout, or JSON for clients that ask for JSON."""
 from flask import current_app, jsonify, render_template, request
-from flask.globals import request_ctx
 from flask_wtf.csrf import CSRFError
-from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.exceptions import HTTPException, InternalServerError, SecurityError
 
 from app.errors import bp
 from app.extensions import db
@@ -16,7 +15,7 @@ def wants_json() -> bool:
 def error_response(status: int, title: str, message: str, headers: list[tuple[str, str]] | None = None):
     if wants_json():
         return jsonify(error=title, message=message), status, headers
-    if request_ctx.url_adapter is None:
+    if isinstance(request.routing_exception, SecurityError):
         # The Host was refused before routing: no URL, so no page in the layout, can be built.
         body = f"{status} {title}: {message}\n"
         return current_app.response_class(body, status, headers, mimetype="text/plain")
