@@ -60,7 +60,7 @@ def capture_request(request: Request, settings: ContextSettings, user_id: str | 
         # anything, a password too, and no view can ask for it.
         context["f"] = [[name, value] for name, value in request.form.items(multi=True)
                         if name is not None and not settings.is_sensitive(name)]
-    elif request.content_length:
+    elif request.content_length or _is_chunked(request):
         _capture_body(context, request, settings)
     if user_id is not None:
         context["u"] = user_id
@@ -106,16 +106,29 @@ def _query_name(raw_name: str) -> str:
     return unquote_plus(raw_name.encode("latin-1", "replace").decode("utf-8", "replace"), errors="replace")
 
 
+def _is_chunked(request: Request) -> bool:
+    # werkzeug gives a chunked request no content_length; its body is read all the same.
+    return request.headers.get("Transfer-Encoding", "").lower() == "chunked"
+
+
 def _capture_body(context: dict[str, Any], request: Request, settings: ContextSettings) -> None:
     environ = context["e"]
-    if request.content_length > settings.max_bytes:
+    length = request.content_length
+    body = request.get_data(cache=True) if length is None else None  # chunked: known once read
+    size = len(body) if length is None else length
+    if size > settings.max_bytes:
         context["dropped"] = "body"
         environ.pop("CONTENT_LENGTH", None)
+        logger.warning("Request body of %d bytes is above CELERY_CONTEXT_MAX_BYTES=%d; "
+                       "dropped the body to fit", size, settings.max_bytes)
         return
-    body = request.get_data(cache=True)
+    if body is None:
+        body = request.get_data(cache=True)
     if request.is_json and settings.sensitive is not None:
         body = _scrub_json_body(body, settings)
     environ["CONTENT_LENGTH"] = str(len(body))
+    # It travels whole, of a known length: the replayed request is not chunked.
+    environ.pop("HTTP_TRANSFER_ENCODING", None)
     try:
         context["b"] = body.decode("utf-8")
     except UnicodeDecodeError:

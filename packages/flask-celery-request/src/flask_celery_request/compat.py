@@ -37,9 +37,13 @@ class UnsavedSession(NullSession):
 
 
 def _give_session(ctx: Any, session: SecureCookieSession) -> None:
-    # What ``session=`` of the context's constructor sets (Flask 3.1 and 3.2), which
-    # ``app.request_context()`` does not take.
-    ctx._session = session
+    # What ``session=`` of the context's constructor sets, which ``app.request_context()``
+    # does not take: ``_session`` since Flask 3.1.3 (``session`` became a property),
+    # ``session`` in Flask 3.1.0 to 3.1.2.
+    if "_session" in vars(ctx):
+        ctx._session = session
+    else:
+        ctx.session = session
 
 
 @contextmanager

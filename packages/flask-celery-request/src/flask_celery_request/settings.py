@@ -31,11 +31,11 @@ DEFAULT_DROP_HEADERS = (
 #: split into words first) are dropped at capture. Short words (pin, otp, cvv) only
 #: match whole, so ``spinner`` or ``hotpot`` stay.
 DEFAULT_SENSITIVE_PATTERN = (
-    r"(?<![a-z])pass(word|wd|phrase|code)?(?![a-z])|pwd|secret|token|csrf|xsrf|credential|cookie|session"
+    r"(?<![a-z])pass(words?|wd|phrases?|codes?)?(?![a-z])|pwd|secret|token|csrf|xsrf|credential|cookie|session"
     r"|signature|assertion|jwt|oidc|saml|authoriz|auth(?!or)|api_?key|private_?key|access_?key"
-    r"|card_?(number|num|no)(?![a-z])|credit_?card|cc_?(number|num)|(?<![a-z0-9])("
+    r"|card_?(numbers?|nums?|nos?)(?![a-z])|credit_?card|cc_?(number|num)|(?<![a-z0-9])("
     r"pin|pin_?code|otp|totp|hotp|mfa|2fa|cvv2?|cvc2?|csc|ssn|iban"
-    r"|(verification|security|recovery|backup|reset|confirmation|one_?time|sms)_?code"
+    r"|(verification|security|recovery|backup|reset|confirmation|one_?time|sms|two_?factor)_?codes?"
     r")(?![a-z0-9])|^code$"
 )
 

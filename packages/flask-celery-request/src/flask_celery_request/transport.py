@@ -39,6 +39,7 @@ CONTEXT_HEADER = "flask_request_context"
 PREFIX = "fcr1."
 _HEADER = struct.Struct(">4sI12s")
 _TAG_BYTES = 16
+_URLSAFE_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _HKDF_SALT = b"flask-celery-request"
 
 
@@ -91,7 +92,8 @@ class Sealer:
 
     def seal(self, plaintext: bytes, now: float | None = None) -> str:
         """A token for ``plaintext`` (from :meth:`encode`), stamped with the time."""
-        stamped = b'{"t":%d,' % int(time.time() if now is None else now) + plaintext[1:]
+        stamp = b'{"t":%d' % int(time.time() if now is None else now)
+        stamped = stamp + (b"}" if plaintext == b"{}" else b"," + plaintext[1:])
         nonce = os.urandom(12)
         header = _HEADER.pack(self._sealing_id, len(stamped) + _TAG_BYTES, nonce)
         sealed = self._keys[self._sealing_id].encrypt(nonce, stamped, PREFIX.encode() + header)
@@ -108,6 +110,9 @@ class Sealer:
             raise ContextRefused(_unknown_format(token))
         try:
             body = token[len(PREFIX):].encode("ascii")
+            if body.translate(None, _URLSAFE_ALPHABET):
+                # urlsafe_b64decode would skip such characters and read the rest.
+                raise ValueError("not in the URL-safe base64 alphabet")
             raw = base64.urlsafe_b64decode(body + b"=" * (-len(body) % 4))
         except (binascii.Error, UnicodeEncodeError, ValueError):
             raise ContextRefused("request context is malformed or truncated: not base64") from None
