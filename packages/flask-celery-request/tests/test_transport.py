@@ -188,7 +188,7 @@ def test_unknown_format() -> None:
 
 
 @pytest.mark.parametrize("token, kind", [(None, "NoneType"), (123, "int"), (b"fcr1.AAAA", "bytes"),
-                                         ("", "str"), ({"e": {}}, "dict")])
+                                         ("", "an empty string"), ({"e": {}}, "dict")])
 def test_not_a_string(token: Any, kind: str) -> None:
     assert refusal(sealer(), token) == f"request context header must be a sealed string, found {kind}"
 

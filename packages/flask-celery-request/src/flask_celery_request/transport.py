@@ -102,7 +102,8 @@ class Sealer:
     def open(self, token: Any, now: float | None = None) -> dict[str, Any]:
         """The context a token carries; :class:`ContextRefused` saying why if none."""
         if not isinstance(token, str) or not token:
-            raise ContextRefused(f"request context header must be a sealed string, found {type(token).__name__}")
+            found = "an empty string" if token == "" else type(token).__name__
+            raise ContextRefused(f"request context header must be a sealed string, found {found}")
         if len(token) > self.max_token_chars:
             raise ContextRefused(f"request context is oversized: {len(token)} characters, "
                                  f"above the limit of {self.max_token_chars}")
@@ -134,7 +135,7 @@ class Sealer:
             raise ContextRefused("request context was tampered with: it does not authenticate") from None
         try:
             context = _decode(plaintext)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ContextRefused("request context decrypts but is not JSON") from None
         check_shape(context)
         age = (time.time() if now is None else now) - context.pop("t")
