@@ -1,22 +1,29 @@
-"""CeleryWithContext through a real worker on a real Redis: every field, every send path.
+"""The microblog's request carrier through a real worker on a real Redis: every field,
+every send path, and nothing of the request readable in Redis.
 
 Each test sends tasks from inside a real request (the test client drives the whole WSGI
 stack into a probe view) and compares what the worker saw with what the view saw.
 """
 from __future__ import annotations
 
+import base64
 import json
+import re
+import time
+from io import BytesIO
 
 import pytest
 from celery import chain, chord, group
 from celery.result import AsyncResult
 from flask import jsonify
+from flask_celery_request import CONTEXT_HEADER
+from flask_celery_request.task import seal_current_request
+from itsdangerous import Signer
 from werkzeug.datastructures import MultiDict
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Response
 
-from app.celery_context import CONTEXT_HEADER
 from app.extensions import celery, csrf
 from tests.support import probe_tasks
 from tests.support.probe_tasks import describe_current_request, describe_request
@@ -292,65 +299,187 @@ def test_templates_render_absolute_links_on_the_request_host(probe_app):
     assert result.get(timeout=TIMEOUT) == "Visit https://blog.example.org/user/ann"
 
 
-def test_credentials_never_reach_redis(probe_app, redis_service):
-    client = probe_app.test_client()
-    probe_view_behaviour["send"] = lambda: describe_request.apply_async(queue="nobody-consumes-this")
-    secrets = ["cookie-secret-1", "bearer-secret-2", "csrf-secret-3", "apikey-secret-4",
-               "password-secret-5", "form-token-secret-6", "json-token-secret-7", "query-token-secret-8"]
-    client.set_cookie("session", secrets[0], domain="localhost")
-    response = client.post(
-        f"/probe/scan?visible=marker-query&access_token={secrets[7]}",
-        headers={"Authorization": f"Bearer {secrets[1]}", "X-CSRFToken": secrets[2], "X-API-Key": secrets[3],
-                 "X-Visible": "marker-header"},
-        data={"password": secrets[4], "reset_token": secrets[5], "note": "marker-form"},
-    )
-    assert response.status_code == 200
-    queued = redis_service.client()
-    try:
-        dump = b"".join(
-            b"".join(queued.lrange(key, 0, -1)) for key in queued.keys("*") if queued.type(key) == b"list"
-        ).decode("utf-8", "replace")
-        assert CONTEXT_HEADER in dump and "marker-header" in dump and "marker-form" in dump
-        assert "marker-query" in dump
-        for secret in secrets:
-            assert secret not in dump
-    finally:
-        queued.delete("nobody-consumes-this")
+# --- confidentiality: nothing of the request is readable outside the two processes ----
 
-    probe_view_behaviour["send"] = lambda: describe_request.apply_async(queue="nobody-consumes-this")
-    client.post("/probe/json-scan", json={"token": secrets[6], "visible": "marker-json"})
+#: Distinctive, lower-case, alphanumeric: found whatever the case (header names become
+#: HTTP_X_... keys) and never by chance in base64.
+VISIBLE = {kind: f"zq{kind}7351" for kind in (
+    "host", "path", "qname", "qvalue", "hname", "hvalue", "useragent", "language", "refhost", "refqname",
+    "refqvalue", "fwdhost", "fname", "fvalue", "jkey", "jvalue", "jnested", "mpname", "mpvalue",
+)}
+SECRETS = {kind: f"zq{kind}9264" for kind in (
+    "cookie", "bearer", "proxyauth", "csrfheader", "apikey", "iap", "password", "resettoken", "querytoken",
+    "reftoken", "jsontoken", "filebytes",
+)}
+CLIENT_ADDRESS = "198.51.100.77"
+
+
+def _readable(value: bytes) -> str:
+    """``value`` as text, plus whatever a reader could decode from it: the base64 bodies of
+    kombu's message envelopes, and the bytes under the base64 of every sealed context."""
+    text = value.decode("utf-8", "replace")
+    found = [text]
     try:
-        dump = b"".join(queued.lrange("nobody-consumes-this", 0, -1)).decode("utf-8", "replace")
-        assert "marker-json" in dump and secrets[6] not in dump
+        document = json.loads(text)
+    except ValueError:
+        document = None
+    found.extend(_envelope_bodies(document))
+    for token in re.findall(r"fcr1\.([A-Za-z0-9_-]+)", text):
+        found.append(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("latin-1"))
+    return "\n".join(found)
+
+
+def _envelope_bodies(document) -> list[str]:
+    """The decoded bodies of the kombu envelopes in ``document`` (a queued message, or the
+    [message, exchange, routing key] the unacked hash keeps)."""
+    if isinstance(document, list):
+        return [body for item in document for body in _envelope_bodies(item)]
+    if not isinstance(document, dict):
+        return []
+    bodies = [body for value in document.values() for body in _envelope_bodies(value)]
+    properties = document.get("properties")
+    if isinstance(document.get("body"), str) and isinstance(properties, dict) \
+            and properties.get("body_encoding") == "base64":
+        bodies.append(base64.b64decode(document["body"]).decode("utf-8", "replace"))
+    return bodies
+
+
+def _everything_in_redis(redis_service) -> dict[str, str]:
+    """Every key of every database, whatever its type, as readable text."""
+    databases = int(redis_service.client().config_get("databases")["databases"])
+    dump = {}
+    for number in range(databases):
+        client = redis_service.client(db=number)
+        for key in client.scan_iter(count=1000):
+            kind = client.type(key).decode()
+            if kind == "string":
+                values = [client.get(key)]
+            elif kind == "list":
+                values = client.lrange(key, 0, -1)
+            elif kind == "hash":
+                values = [part for pair in client.hgetall(key).items() for part in pair]
+            elif kind == "set":
+                values = list(client.smembers(key))
+            elif kind == "zset":
+                values = [member for member, _ in client.zrange(key, 0, -1, withscores=True)]
+            elif kind == "stream":
+                values = [part for _, fields in client.xrange(key)
+                          for pair in fields.items() for part in pair]
+            else:
+                values = []
+            dump[f"{number}:{key.decode()}"] = "\n".join([key.decode(), *map(_readable, values)])
+    return dump
+
+
+def _leaks(text: str) -> list[str]:
+    lowered = text.lower()
+    return [marker for marker in [*VISIBLE.values(), *SECRETS.values(), CLIENT_ADDRESS] if marker in lowered]
+
+
+def test_nothing_of_the_request_is_readable_in_redis_or_the_worker_log(probe_app, live_stack, redis_service,
+                                                                      tmp_path):
+    """Path, query, host, client address, every kind of header, form, multipart and JSON:
+    none of it, credentials or not, in any Redis key while the task waits in the queue,
+    is held unacknowledged by the worker, or has its result stored, nor in the worker's log;
+    yet the worker replays every field the scrubber keeps."""
+    release = tmp_path / "release"
+    described = []
+    parked = "nobody-consumes-this"
+
+    def send():
+        out = tmp_path / f"described-{len(described)}.json"
+        described.append(out)
+        describe_request.apply_async(queue=parked)  # stays in the broker, as sent
+        return probe_tasks.describe_to_file_when_released.delay(str(out), str(release))
+
+    probe_view_behaviour["send"] = send
+    v, s = VISIBLE, SECRETS
+    client = probe_app.test_client()
+    client.set_cookie("session", s["cookie"], domain=v["host"] + ".example")
+    base_url = f"https://{v['host']}.example/"
+    headers = {
+        f"X-{v['hname']}": v["hvalue"], "User-Agent": v["useragent"], "Accept-Language": v["language"],
+        "Referer": f"https://{v['refhost']}.example/p?{v['refqname']}={v['refqvalue']}&token={s['reftoken']}",
+        "X-Forwarded-Host": v["fwdhost"] + ".example",
+        "Authorization": f"Bearer {s['bearer']}", "Proxy-Authorization": f"Basic {s['proxyauth']}",
+        "X-CSRFToken": s["csrfheader"], "X-API-Key": s["apikey"], "X-Goog-IAP-JWT-Assertion": s["iap"],
+    }
+    common = {"base_url": base_url, "headers": headers, "environ_base": {"REMOTE_ADDR": CLIENT_ADDRESS}}
+    path = f"/probe/{v['path']}/x?{v['qname']}={v['qvalue']}&access_token={s['querytoken']}"
+    results, lives = [], []
+    for options in (
+        {"method": "POST", "data": MultiDict([
+            (v["fname"], v["fvalue"]), (v["fname"], "second"),
+            ("password", s["password"]), ("reset_token", s["resettoken"]),
+        ])},
+        {"method": "PUT",
+         "json": {v["jkey"]: v["jvalue"], "nested": [{"n": v["jnested"], "token": s["jsontoken"]}]}},
+        {"method": "POST", "content_type": "multipart/form-data",
+         "data": {v["mpname"]: v["mpvalue"], "upload": (BytesIO(s["filebytes"].encode()), "f.txt")}},
+    ):
+        live, result = _send_from_request(client, path, **common, **options)
+        lives.append(live)
+        results.append(result)
+    assert all(live["host"] == v["host"] + ".example" for live in lives)
+
+    # The first task is held by the worker, unacknowledged; the others wait in its queue.
+    def held() -> bool:  # its arguments are in the message body: the dump decodes bodies too
+        return any(str(described[0]) in _readable(value) for value in redis_service.client().hvals("unacked"))
+
+    wait_until(held, TIMEOUT, message="the worker to hold the first task unacknowledged")
+    while_held = _everything_in_redis(redis_service)
+    assert CONTEXT_HEADER in while_held["0:unacked"] and "fcr1." in while_held["0:unacked"]
+    assert redis_service.client().llen(parked) == 3 and "fcr1." in while_held[f"0:{parked}"]
+    try:
+        release.touch()
+        assert [result.get(timeout=TIMEOUT) for result in results] == ["described"] * 3
+        after = _everything_in_redis(redis_service)
+        assert any(key.startswith("0:celery-task-meta-") for key in after)
+        for when, dump in (("while held", while_held), ("after the results", after)):
+            leaks = {key: _leaks(text) for key, text in dump.items() if _leaks(text)}
+            assert leaks == {}, when
+        assert _leaks(live_stack.worker.log()) == []
     finally:
-        queued.delete("nobody-consumes-this")
+        redis_service.client().delete(parked)
+
+    # The worker did see the request: every field the scrubber keeps, and no credential.
+    seen = [json.loads(out.read_text()) for out in described]
+    for one in seen:
+        assert (one["host"], one["remote_addr"]) == (v["host"] + ".example", CLIENT_ADDRESS)
+        assert one["path"] == f"/probe/{v['path']}/x" and one["args"] == [[v["qname"], v["qvalue"]]]
+        assert [f"X-{v['hname'].capitalize()}", v["hvalue"]] in one["headers"]
+        referer = f"https://{v['refhost']}.example/p?{v['refqname']}={v['refqvalue']}"  # its token dropped
+        assert ["Referer", referer] in one["headers"]
+        for name in ("User-Agent", "Accept-Language", "X-Forwarded-Host"):
+            assert [name, headers[name]] in one["headers"]
+        assert not any(secret in json.dumps(one) for secret in SECRETS.values())
+    assert seen[0]["form"] == [[v["fname"], v["fvalue"]], [v["fname"], "second"]]
+    assert seen[1]["json"] == {v["jkey"]: v["jvalue"], "nested": [{"n": v["jnested"]}]}
+    assert seen[2]["form"] == [[v["mpname"], v["mpvalue"]]]
+
+
+# --- refusals: the complete list is tests/reliability/test_bad_context.py ------------------
 
 
 def _forged_tokens(app) -> dict[str, object]:
-    from itsdangerous import Signer
+    from flask_celery_request.transport import Sealer
 
-    from app.celery_context import _SIGNING_SALT, _AppState, sign_request_context
-
+    state = app.extensions["flask_celery_request"]
     with app.test_request_context("/probe/forged", base_url="https://good.example/"):
-        good = sign_request_context(app)
-    payload, _, signature = good.rpartition(".")
-    evil = payload.replace("good.example", "evil.example")
-    other_secret = Signer("another-secret-entirely", salt=_SIGNING_SALT)
-    ours = _AppState.for_app(app).signer
-
-    def signed(signer, document) -> str:
-        return signer.sign(json.dumps(document)).decode()
-
+        good = seal_current_request()
+    raw = bytearray(base64.urlsafe_b64decode(good[5:] + "=" * (-len(good[5:]) % 4)))
+    raw[-1] ^= 1
+    plaintext = json.dumps({"e": {"HTTP_HOST": "evil.example"}}).encode()
     return {
-        "unsigned": payload,
-        "tampered": f"{evil}.{signature}",
-        "another secret": signed(other_secret, {"v": 1, "e": {"HTTP_HOST": "evil.example"}}),
+        "tampered": "fcr1." + base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode(),
+        "another secret": Sealer(["another-secret-entirely"], state.settings).seal(plaintext),
         "truncated": good[: len(good) // 2],
         "not a string": 12345,
-        "garbage": "not json at all.signature",
-        "signed, not JSON": ours.sign(b"{not json").decode(),
-        "signed but malformed": signed(ours, {"v": 1, "e": {"HTTP_HOST": 5}}),
-        "signed, unknown version": signed(ours, {"v": 99, "e": {}}),
+        "unknown format": "not json at all.signature",
+        "earlier signed format": Signer([app.secret_key], salt="celery-with-context.v1")
+        .sign(json.dumps({"v": 1, "e": {"HTTP_HOST": "evil.example"}})).decode(),
+        "expired": state.sealer.seal(plaintext, now=time.time() - 8 * 86400),
+        "sealed but malformed": state.sealer.seal(json.dumps({"e": {"HTTP_HOST": 5}}).encode()),
     }
 
 
@@ -365,22 +494,26 @@ def test_forged_contexts_are_refused_and_the_worker_keeps_serving(live_app, live
                 result.get(timeout=TIMEOUT)
             assert type(refused.value).__name__ == "ContextRefused", problem
             assert "request context" in str(refused.value), problem
-            refusals[result.id] = str(refused.value)
+            refusals[problem] = (result.id, str(refused.value))
         assert describe_request.delay().get(timeout=TIMEOUT)["request"] is None
     log = live_stack.worker.log()
-    for task_id, reason in refusals.items():  # each refusal logged, under its own task id
+    for task_id, reason in refusals.values():  # each refusal logged, under its own task id
         assert f"Refusing to run task {describe_request.name}[{task_id}]: {reason}" in log
-    reasons = " ".join(refusals.values())
-    assert "request context is unsigned" in reasons
-    assert "signature does not match: tampered, truncated or signed with another secret" in reasons
-    assert "environ must map strings to strings" in reasons and "format version 99" in reasons
-    assert "payload is not valid JSON" in reasons
+    reasons = {problem: reason for problem, (_, reason) in refusals.items()}
+    assert "tampered with" in reasons["tampered"]
+    assert "sealed with another secret" in reasons["another secret"]
+    assert "truncated" in reasons["truncated"]
+    assert "found int" in reasons["not a string"]
+    assert "unknown format" in reasons["unknown format"]
+    assert "signed, unencrypted format of an earlier release" in reasons["earlier signed format"]
+    assert "expired" in reasons["expired"]
+    assert "environ must map strings to strings" in reasons["sealed but malformed"]
 
 
 def test_oversized_context_drops_the_form_and_still_runs(probe_app, caplog):
     client = probe_app.test_client()
     big = "x" * (70 * 1024)
-    with caplog.at_level("WARNING", logger="app.celery_context"):
+    with caplog.at_level("WARNING", logger="flask_celery_request.capture"):
         live, result = _send_from_request(client, "/probe/big?keep=1", method="POST",
                                           data={"big": big, "small": "s"}, headers={"X-Keep": "yes"})
     seen = result.get(timeout=TIMEOUT)["request"]

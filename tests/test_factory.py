@@ -89,7 +89,7 @@ def test_the_first_app_still_serves_after_celery_is_rebound(make_named_app):
     assert usernames(one) == ["susan"]
 
 
-def test_each_app_keeps_its_own_celery_context_state(make_named_app):
+def test_each_app_keeps_its_own_carrier_state(make_named_app):
     one, two = make_named_app("one", SECRET_KEY="first-secret-0123456789"), make_named_app("two")
     assert one.extensions["flask_celery_request"] is not two.extensions["flask_celery_request"]
 

@@ -1,4 +1,5 @@
-"""What RabbitMQ holds: the routed queue, the signed context in one AMQP header, no secrets.
+"""What RabbitMQ holds: the routed queue, the sealed context in one AMQP header, nothing
+readable of the request (its credentials least of all).
 
 The app here publishes to a virtual host no worker consumes from, through the real
 forms (register, log in, ping, export), and the test takes the waiting messages out of the
@@ -12,8 +13,9 @@ import amqp
 import pytest
 import sqlalchemy as sa
 
+from flask_celery_request import CONTEXT_HEADER
+
 from app import create_app
-from app.celery_context import CONTEXT_HEADER, verify_request_context
 from app.extensions import db
 from app.models import User
 from config import TestingConfig
@@ -95,13 +97,19 @@ def test_each_task_waits_in_the_queue_of_its_route(held_messages):
         assert message.properties["delivery_mode"] == 2  # persistent: survives a broker restart
 
 
-def test_the_signed_context_travels_in_an_amqp_header_not_in_the_arguments(held_app, held_messages):
+def opened(app, token: str) -> dict:
+    """The context as the app's worker would open it (sealed with the app's secret)."""
+    return app.extensions["flask_celery_request"].sealer.open(token)
+
+
+def test_the_sealed_context_travels_in_an_amqp_header_not_in_the_arguments(held_app, held_messages):
     queued, user_id, _ = held_messages
     (export,) = queued["exports"]
     (welcome,) = queued["mail"]
     for message, path, args in ((export, "/export_posts", [user_id]), (welcome, "/auth/register", None)):
         token = message.headers[CONTEXT_HEADER]
-        context = verify_request_context(held_app, token)  # signed with the app's secret
+        assert token.startswith("fcr1.")
+        context = opened(held_app, token)
         carried = context["e"]
         assert (carried["HTTP_HOST"], carried["wsgi.url_scheme"], carried["PATH_INFO"]) == \
             ("held.example.org", "https", path)
@@ -112,14 +120,18 @@ def test_the_signed_context_travels_in_an_amqp_header_not_in_the_arguments(held_
             assert task_args == args
         assert len(task_args) == 1 and task_kwargs == {}
         assert CONTEXT_HEADER not in body and token not in body
-    assert verify_request_context(held_app, export.headers[CONTEXT_HEADER])["u"] == str(user_id)
-    registration = verify_request_context(held_app, welcome.headers[CONTEXT_HEADER])
+    assert opened(held_app, export.headers[CONTEXT_HEADER])["u"] == str(user_id)
+    registration = opened(held_app, welcome.headers[CONTEXT_HEADER])
     assert dict(registration["f"]) == {"username": "hal", "email": "hal@example.com"}
 
 
-def test_no_password_cookie_or_csrf_token_reaches_rabbitmq(held_messages):
+def test_nothing_of_the_request_is_readable_in_rabbitmq(held_app, held_messages):
     queued, _, secrets = held_messages
     everything = b"".join(raw(message) for messages in queued.values() for message in messages)
-    assert b"hal@example.com" in everything  # the registration form travelled, minus its secrets
-    leaked = [name for name, value in secrets.items() if value.encode() in everything]
+    # The registration form travelled (opened above), minus its secrets; sealed, none of it reads.
+    visible = {"email": "hal@example.com", "host": "held.example.org", "register path": "/auth/register",
+               "export path": "/export_posts", "user agent": "Werkzeug/"}
+    leaked = [name for name, value in {**secrets, **visible}.items() if value.encode() in everything]
     assert leaked == []
+    assert everything.count(b"fcr1.") == 3  # one sealed context per message
+

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 from celery import chord, group
 from celery.signals import worker_process_init
@@ -81,6 +82,20 @@ def retry_once(self):
     if self.request.retries == 0:
         raise self.retry(countdown=0, headers={"probe_extra": "kept"})
     return {"request": describe_current_request(), "retries": self.request.retries}
+
+
+@celery.task
+def describe_to_file_when_released(out_path: str, release_path: str, timeout: float = 30.0):
+    """Wait (its message unacknowledged, in the broker's unacked set) until ``release_path``
+    exists, then write what the worker sees to ``out_path``, never to the result backend."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(release_path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{release_path} never appeared")
+        time.sleep(0.05)
+    with open(out_path, "w") as out:
+        json.dump(describe_current_request(), out)
+    return "described"
 
 
 @celery.task
