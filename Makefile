@@ -1,5 +1,6 @@
-# `make run` works on a fresh clone with Python 3.11+ and nothing else; `make test` also
-# needs what tests/postgres, tests/rabbitmq and the browser tests start (see README).
+# `make run` works on a fresh clone with Python 3.11+ and nothing else. `make test` also
+# needs Chromium, PostgreSQL and RabbitMQ: as root on Debian it installs them, elsewhere
+# it names them and stops (devservers/system_packages.sh).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -13,7 +14,7 @@ OLDEST_CELERY ?= 5.5.0
 NEXT_VENV := .venv-next
 CELERY55_VENV := .venv-celery55
 
-.PHONY: run test test-app test-package test-package-released test-package-prerelease \
+.PHONY: run test system-packages test-app test-package test-package-released test-package-prerelease \
         test-package-oldest-celery install install-dev migrate bench clean
 
 $(VENV)/.python-ok:
@@ -39,7 +40,10 @@ migrate: install
 run: migrate
 	$(BIN)/python -m devservers.run
 
-test: test-app test-package
+test: system-packages test-app test-package
+
+system-packages:
+	@devservers/system_packages.sh
 
 test-app: install-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
