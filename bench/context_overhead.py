@@ -1,44 +1,61 @@
 #!/usr/bin/env python
-"""What CeleryWithContext costs over a plain ``celery.Celery``, measured, not guessed.
+"""What Flask-Celery-Request costs over plain Celery, and over flask-celeryext's way.
 
-    .venv/bin/python bench/context_overhead.py            # the full run (a few minutes)
+    .venv/bin/python bench/context_overhead.py            # the full run (about 3 minutes)
     .venv/bin/python bench/context_overhead.py --quick    # a smoke run (tests/test_bench.py)
 
-Both sides run in one process against the same Redis (an embedded redis-server on a
-unix socket in a temp dir, or ``REDIS_URL`` when set), each with its own real worker:
-``celery -A bench.overhead_apps.<side> worker -c 1 -P prefork``. Measurements
-alternate between the sides (call by call for enqueue, round by round as plain, ours,
-ours, plain, ... for throughput) so drift and noise hit both alike; figures are
-medians over rounds, ratios the median of the per-round ratios. Every task is sent
-from inside a fresh, realistic request: a POST with a query string, about a dozen
-browser headers (a session cookie among them, which capture scrubs) and a few form
-fields.
+Every side runs against the same Redis (an embedded redis-server on a unix socket in a
+temp dir, or ``REDIS_URL`` when set) and, for throughput, its own real worker,
+``celery -A bench.overhead_apps.<side> worker -c 1 -P prefork``. The sides (see
+bench/overhead_apps.py):
 
-enqueue
-    the ``.delay()`` call alone, timed with perf_counter; the request context is built
-    and pushed outside the timed region (and, as in a real view, the form and
-    ``current_user`` were already read; ``--cold`` skips that). Plain and ours calls are
-    interleaved one by one so both see the same machine. The messages go to a queue no
-    worker consumes (so neither worker competes for CPU while the sender is timed) and
-    that queue is purged after every round, its length checked against the calls made.
+ref      plain ``celery.Celery`` configured exactly like the app
+         (``celery_settings(flask_app.config)``); only the Task class differs from ours
+default  ``Celery()`` with only ``broker_url`` and ``result_backend`` set (same Redis)
+ours     the app's ``CeleryWithContext``: the request travels sealed in a header
+peer     flask-celeryext's pattern: plain Celery configured like the app, the task run
+         in an empty ``test_request_context()`` with preprocess/process_response
+
+Every task is sent from inside a fresh, realistic request: a POST with a query string,
+14 browser headers (among them a real Flask session cookie of a real user of the
+bench's SQLite database, so Flask-Login's user_loader really queries it) and 4 form
+fields. Each call gets a fresh request context: the extension caches the sealed
+context per request environ, and reusing one request would measure a cache hit.
+
+enqueue, view read form+user
+    the view already parsed the form and loaded the user (``request.form`` and
+    ``current_user.is_authenticated`` touched before), as a real view does. Only the
+    ``.delay()`` call is timed (perf_counter); the request context is pushed outside
+    the timed region. ref and ours interleaved call by call.
+enqueue, untouched request
+    a fresh request context with the signed-in session cookie, nothing read before
+    ``.delay()``: ours must parse the form and find the user itself. default, ref and
+    ours interleaved call by call.
+    Enqueued messages go to a queue no worker consumes (so no worker competes for the
+    CPU while the sender is timed), purged after every round, its length checked.
 throughput
     wall time from the first send to the last result of M no-op tasks through the
-    real worker (sending, broker, worker, result backend), in tasks per second.
+    real worker (request push, the view's reads, sending, broker, worker, result
+    backend), in tasks per second; ref, ours and peer rounds rotate.
+send breakdown (info)
+    where ours' extra CPU per ``.delay()`` goes, loaded case: ref's ``.delay()``, ref's
+    with our header added, ours with the request already sealed, ours; interleaved.
 replay
-    in-process, no broker: ours is ``verify_request_context`` + ``with
-    replay_request(...): pass``; the recipe is the well-known kwargs recipe's replay,
-    ``with app.test_request_context(...): app.process_response(app.make_response(""))``,
-    given the same captured request; timed in short timeit blocks alternating between
-    the two, by this thread's CPU time (``--replay-clock wall`` for the wall clock), the
-    best block reported (and the median block alongside).
+    in-process, no broker: ours is ``sealer.open(token)`` + ``with replay_request(...):
+    pass``; peer is ``with app.test_request_context(): preprocess_request();
+    process_response(response_class())``; short timeit blocks rotating between them
+    (and ours in parts: open, replay, replay without the user), by this thread's CPU
+    time, the best block reported.
 
-Targets (from the issue) are reported as PASS/MISS; a MISS never fails the run: the
-exit status is non-zero only when something actually broke.
+Figures are medians over rounds, ratios the median of the per-round ratios. Targets
+(from the issue) are reported as PASS/MISS; a MISS never fails the run: the exit status
+is non-zero only when something actually broke.
 """
 from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import os
 import platform
 import shutil
@@ -54,6 +71,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,17 +84,26 @@ from devservers.redis_server import start_redis, stop_redis  # noqa: E402
 
 BIN = Path(sys.executable).parent
 SECRET_KEY = "bench-secret-key-0123456789abcdef-not-for-production"
+PACKAGE_SRC = ROOT / "packages" / "flask-celery-request" / "src" / "flask_celery_request"
 
 # The realistic request every task is sent from.
 REQUEST_PATH = "/export"
 REQUEST_QUERY = "page=2&sort=new&tag=a&tag=b"
 BASE_URL = "https://blog.example.org/"
+REMOTE_ADDR = "203.0.113.7"
 FORM = {
     "title": "Quarterly export: drafts & published posts",
     "format": "json",
     "include_drafts": "y",
     "csrf_token": "IjY0ZjE5YjQ1ZGM2ZTFhYTk4ZmQ3ZjE0ZDE5ZGQ2MjE5NDlhNTcwYjEi.ZxQ1nw.Jq3zv0n3sXf4",
 }
+BENCH_USER = {"username": "bench", "email": "bench@example.org"}
+
+#: The two enqueue cases: the sides compared in each, the first the target's reference.
+LOADED, COLD = "loaded", "cold"
+ENQUEUE_SIDES = {LOADED: ("ref", "ours"), COLD: ("default", "ref", "ours")}
+THROUGHPUT_SIDES = ("ref", "ours", "peer")
+CASE_LABEL = {LOADED: "view read form+user", COLD: "untouched request"}
 
 
 def realistic_headers(session_cookie: str) -> dict[str, str]:
@@ -118,8 +145,8 @@ class Worker:
         self._log = open(log_path, "ab")
         self.process = subprocess.Popen(
             [str(BIN / "celery"), "-A", target, "worker", "-c", "1", "-P", "prefork",
-             "--without-gossip", "--without-mingle", "-Q", queue, "-l", "warning",
-             "-n", self.hostname],
+             "--without-gossip", "--without-mingle", "--without-heartbeat", "-Q", queue,
+             "-l", "warning", "-n", self.hostname],
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True, preexec_fn=_die_with_parent,
         )
@@ -169,22 +196,60 @@ def _release(results: list) -> None:
     gc.collect()
 
 
+def _drain_result_consumer(celery_app) -> int:
+    """Read the subscribe/unsubscribe confirmations piled up on the result backend's
+    pubsub connection (outside any timed region); how many were read.
+
+    Every ``.delay()`` subscribes to its result and every released AsyncResult
+    unsubscribes; a sender that never waits for a result reads none of Redis's
+    confirmations, which wait in Redis's output buffer for that client (Redis drops a
+    pubsub client past 8 MB). Left there, the next wait for a result (a throughput
+    round's join) would read them one per drain, seconds of it after the enqueue
+    rounds, and only on the sides that enqueued. Celery's private ``_pubsub``: a no-op
+    if that changes.
+    """
+    consumer = getattr(celery_app.backend, "result_consumer", None)
+    pubsub = getattr(consumer, "_pubsub", None)
+    connection = getattr(pubsub, "connection", None)
+    read = 0
+    while connection is not None and connection.can_read(timeout=0):
+        pubsub.get_message(timeout=0)
+        read += 1
+    return read
+
+
 def _raise_on_signal(signum, frame):
     raise SystemExit(128 + signum)
+
+
+def _rotations(sides: tuple[str, ...], i: int) -> tuple[str, ...]:
+    """The i-th order of ``sides``: each side takes each position equally often."""
+    k = i % len(sides)
+    return sides[k:] + sides[:k]
 
 
 # --- measurements --------------------------------------------------------------------------
 
 
+def _per_side(sides) -> dict[str, list[float]]:
+    return {side: [] for side in sides}
+
+
 @dataclass
 class Stats:
-    enqueue_means: dict[str, list[float]] = field(default_factory=lambda: {"plain": [], "ours": []})
-    enqueue_medians: dict[str, list[float]] = field(default_factory=lambda: {"plain": [], "ours": []})
-    enqueue_cpu: dict[str, list[float]] = field(default_factory=lambda: {"plain": [], "ours": []})
-    throughput: dict[str, list[float]] = field(default_factory=lambda: {"plain": [], "ours": []})
+    """Per round, in the order run: one value per side and round."""
+
+    enqueue_median: dict[str, dict[str, list[float]]] = field(
+        default_factory=lambda: {case: _per_side(sides) for case, sides in ENQUEUE_SIDES.items()})
+    enqueue_mean: dict[str, dict[str, list[float]]] = field(
+        default_factory=lambda: {case: _per_side(sides) for case, sides in ENQUEUE_SIDES.items()})
+    enqueue_cpu: dict[str, dict[str, list[float]]] = field(
+        default_factory=lambda: {case: _per_side(sides) for case, sides in ENQUEUE_SIDES.items()})
+    throughput: dict[str, list[float]] = field(default_factory=lambda: _per_side(THROUGHPUT_SIDES))
     throughput_cpu: dict[str, dict[str, list[float]]] = field(
-        default_factory=lambda: {"plain": {}, "ours": {}})
-    replay: dict[str, list[float]] = field(default_factory=lambda: {"recipe": [], "ours": []})
+        default_factory=lambda: {side: {} for side in THROUGHPUT_SIDES})
+    replay: dict[str, list[float]] = field(default_factory=dict)
+    breakdown: dict[str, float] = field(default_factory=dict)
 
 
 class Bench:
@@ -194,30 +259,78 @@ class Bench:
         self.args = args
         self.worker_pids: dict[str, int] = {}  # side -> worker main process
         self.redis_pid: int | None = None
+        self.user_id = _create_bench_user(self.flask_app)
         serializer = self.flask_app.session_interface.get_signing_serializer(self.flask_app)
-        self.session_cookie = serializer.dumps({"_fresh": False, "csrf_token": uuid.uuid4().hex * 2})
+        self.session_cookie = serializer.dumps({"_user_id": str(self.user_id), "_fresh": True})
+        self._environ, self._body = self._template_environ()
 
     # The realistic request -----------------------------------------------------------
 
-    def request_context(self):
-        return self.flask_app.test_request_context(
-            f"{REQUEST_PATH}?{REQUEST_QUERY}",
-            method="POST",
-            base_url=BASE_URL,
-            headers=realistic_headers(self.session_cookie),
-            data=FORM,
-            environ_base={"REMOTE_ADDR": "203.0.113.7"},
-        )
+    def _template_environ(self) -> tuple[dict, bytes]:
+        """The realistic request's environ, built once by Flask's EnvironBuilder (what
+        ``test_request_context`` uses); each request gets a copy with its own body stream
+        and X-Request-Id, so building requests costs the sender little outside the timing."""
+        from flask.testing import EnvironBuilder
 
-    def view_work(self) -> None:
-        """What the view did before sending the task: read the form, load the user."""
-        if self.args.cold:
+        builder = EnvironBuilder(
+            self.flask_app, f"{REQUEST_PATH}?{REQUEST_QUERY}", base_url=BASE_URL, method="POST",
+            headers=realistic_headers(self.session_cookie), data=FORM,
+            environ_base={"REMOTE_ADDR": REMOTE_ADDR},
+        )
+        try:
+            environ = builder.get_environ()
+            body = environ["wsgi.input"].read()
+        finally:
+            builder.close()
+        return environ, body
+
+    def fresh_environ(self) -> dict:
+        environ = dict(self._environ)
+        environ["wsgi.input"] = BytesIO(self._body)
+        environ["HTTP_X_REQUEST_ID"] = str(uuid.uuid4())
+        return environ
+
+    def request_context(self, environ: dict | None = None):
+        return self.flask_app.request_context(self.fresh_environ() if environ is None else environ)
+
+    def view_work(self, case: str) -> None:
+        """What the view did before sending the task: in the loaded case it parsed the
+        form (as its WTForm does) and loaded the user (as login_required does, which
+        queries the database through the user_loader); in the cold case nothing."""
+        if case == COLD:
             return
         from flask import request
         from flask_login import current_user
 
-        request.form  # noqa: B018 - parse it, as the view's WTForm does
-        current_user.is_authenticated  # noqa: B018 - load it, as login_required does
+        request.form  # noqa: B018
+        current_user.is_authenticated  # noqa: B018
+
+    def check_cases(self) -> None:
+        """Once, outside the timing: the loaded case has the user and the form, the cold
+        one neither, and ours seals the request inside the ``.delay()`` call."""
+        from flask import g, request
+        from flask_celery_request.replay import ENVIRON_TOKEN_KEY
+        from flask_login import current_user
+
+        for case in (LOADED, COLD):
+            environ = self.fresh_environ()
+            with self.request_context(environ):
+                self.view_work(case)
+                loaded = g.get("_login_user") is not None
+                parsed = "form" in request.__dict__
+                if (loaded, parsed) != ((True, True) if case == LOADED else (False, False)):
+                    raise RuntimeError(f"{case}: user loaded {loaded}, form parsed {parsed}")
+                if case == LOADED and current_user.get_id() != str(self.user_id):
+                    raise RuntimeError(f"the session cookie signs in {current_user.get_id()!r}, "
+                                       f"not the bench user {self.user_id}")
+                if ENVIRON_TOKEN_KEY in environ:
+                    raise RuntimeError("a context was sealed before .delay()")
+                results = [self.apps.SIDES["ours"]["sink"].delay()]
+                if not environ.get(ENVIRON_TOKEN_KEY):
+                    raise RuntimeError(f"{case}: ours sent without sealing the request")
+            self.purge("ours", self.apps.QUEUES["ours"]["sink"])
+            _release(results)
+            _drain_result_consumer(self.apps.SIDES["ours"]["celery"])
 
     # Plumbing -----------------------------------------------------------------------
 
@@ -234,18 +347,16 @@ class Bench:
             backend.client.delete(*keys[start:start + 500])
 
     def send_once(self, task, results: list) -> None:
-        ctx = self.request_context()
-        ctx.push()
-        try:
-            self.view_work()
+        with self.request_context():
+            self.view_work(LOADED)
             results.append(task.delay())
-        finally:
-            ctx.pop()
 
     def probe(self) -> None:
-        """Both workers answer, and ours really runs inside the replayed request."""
+        """Every worker answers; ours really runs inside the replayed request, signed in
+        as the sender; peer in an empty request of the app; ref outside any request."""
         timeout = 60
-        for side in ("plain", "ours"):
+        expected_url = f"{BASE_URL.rstrip('/')}{REQUEST_PATH}?{REQUEST_QUERY}"
+        for side in self.apps.WORKER_SIDES:
             results: list = []
             try:
                 self.send_once(self.apps.SIDES[side]["probe"], results)
@@ -253,57 +364,72 @@ class Bench:
                 self.forget(side, results)
             finally:
                 _release(results)
-            if side == "plain":
-                if seen["has_request"]:
-                    raise RuntimeError("the plain task ran inside a Flask request?")
-                continue
-            expected_url = f"{BASE_URL.rstrip('/')}{REQUEST_PATH}?{REQUEST_QUERY}"
-            form = dict(seen["form"])
-            headers = {name.lower() for name, _ in seen["headers"]}
             problems = []
-            if not seen["has_request"]:
-                problems.append("no request context in the worker")
+            if side == "ref":
+                if seen["has_request"]:
+                    problems.append("ran inside a Flask request")
+            elif side == "peer":
+                if not seen["has_request"] or seen["url"] == expected_url or seen["user"] is not None:
+                    problems.append(f"expected an empty test request, found {seen}")
             else:
-                if seen["url"] != expected_url or seen["method"] != "POST":
-                    problems.append(f"replayed {seen['method']} {seen['url']}")
-                if form != {k: v for k, v in FORM.items() if k != "csrf_token"}:
-                    problems.append(f"replayed form {form}")
-                if "cookie" in headers or "x-request-id" not in headers:
-                    problems.append(f"replayed headers {sorted(headers)}")
+                form = dict(seen.get("form", ()))
+                headers = {name.lower() for name, _ in seen.get("headers", ())}
+                if not seen["has_request"]:
+                    problems.append("no request context in the worker")
+                else:
+                    if seen["url"] != expected_url or seen["method"] != "POST":
+                        problems.append(f"replayed {seen['method']} {seen['url']}")
+                    if form != {k: v for k, v in FORM.items() if k != "csrf_token"}:
+                        problems.append(f"replayed form {form}")
+                    if "cookie" in headers or "x-request-id" not in headers:
+                        problems.append(f"replayed headers {sorted(headers)}")
+                    if seen["user"] != str(self.user_id):
+                        problems.append(f"replayed user {seen['user']!r}, not {self.user_id}")
             if problems:
-                raise RuntimeError("our worker did not replay the request: " + "; ".join(problems))
+                raise RuntimeError(f"the {side} worker: " + "; ".join(problems))
+
+    def sealed_sizes(self) -> dict[str, int]:
+        """Bytes of our header value, sealed in each case's request."""
+        from flask_celery_request import current_context
+
+        sizes = {}
+        for case in (LOADED, COLD):
+            with self.request_context():
+                self.view_work(case)
+                sizes[case] = len(current_context().encode("ascii"))
+        return sizes
 
     # enqueue ------------------------------------------------------------------------
 
-    def enqueue_round(self, n: int) -> dict[str, tuple[float, float, float]]:
-        """N ``.delay()`` calls per side, interleaved call by call.
+    def enqueue_round(self, case: str, n: int) -> dict[str, tuple[float, float, float]]:
+        """N ``.delay()`` calls per side, interleaved call by call, each in a fresh request.
 
-        Per side: (mean, median) wall-clock microseconds per call, and the median of this
+        Per side: (median, mean) wall-clock microseconds per call, and the median of this
         thread's CPU time per call (what the sender itself spends, waits excluded).
-
-        Interleaving (plain, ours, ours, plain, ...) makes both sides share whatever else
-        the machine is doing at that moment, which per-side blocks do not.
         """
-        sides = ("plain", "ours")
+        sides = ENQUEUE_SIDES[case]
         tasks = {side: self.apps.SIDES[side]["sink"] for side in sides}
         queues = {side: self.apps.QUEUES[side]["sink"] for side in sides}
         for side in sides:
             self.purge(side, queues[side])
-        times: dict[str, list[float]] = {side: [] for side in sides}
-        cpu_times: dict[str, list[float]] = {side: [] for side in sides}
+        times: dict[str, list[float]] = _per_side(sides)
+        cpu_times: dict[str, list[float]] = _per_side(sides)
         results: list = []
+        view_work = self.view_work
+        environs = [self.fresh_environ() for _ in range(n * len(sides))]
         try:
             gc.collect()
             clock, cpu_clock = time.perf_counter, time.thread_time
             for i in range(n):
-                for side in (sides if i % 2 == 0 else sides[::-1]):
-                    ctx = self.request_context()
+                for side in _rotations(sides, i):
+                    ctx = self.flask_app.request_context(environs.pop())
                     ctx.push()
                     try:
-                        self.view_work()
+                        view_work(case)
+                        task = tasks[side]
                         c0 = cpu_clock()
                         t0 = clock()
-                        result = tasks[side].delay()
+                        result = task.delay()
                         t1 = clock()
                         c1 = cpu_clock()
                     finally:
@@ -311,18 +437,71 @@ class Bench:
                     times[side].append(t1 - t0)
                     cpu_times[side].append(c1 - c0)
                     results.append(result)
-                    result = None
+                    result = ctx = None
             for side in sides:
                 queued = self.purge(side, queues[side])
                 if queued != n:
                     raise RuntimeError(f"{side}: sent {n} messages to {queues[side]} but found {queued} there")
         finally:
             _release(results)  # AsyncResults unsubscribe from the backend here, outside the timing
+            for side in sides:
+                _drain_result_consumer(self.apps.SIDES[side]["celery"])
         return {
-            side: (statistics.fmean(values) * 1e6, statistics.median(values) * 1e6,
+            side: (statistics.median(values) * 1e6, statistics.fmean(values) * 1e6,
                    statistics.median(cpu_times[side]) * 1e6)
             for side, values in times.items()
         }
+
+    def send_breakdown(self, n: int) -> dict[str, float]:
+        """Where ours' extra time per ``.delay()`` goes, in the loaded case: median thread
+        CPU microseconds of ref's ``.delay()``, ref's with our header added
+        (``apply_async(headers=...)``: carrying it through kombu and Redis), ours with the
+        request's token already sealed (the Task override) and ours in full (sealing),
+        interleaved call by call, each in a fresh request."""
+        from flask_celery_request import CONTEXT_HEADER, current_context
+        from flask_celery_request.replay import ENVIRON_TOKEN_KEY
+
+        with self.request_context():
+            self.view_work(LOADED)
+            token = current_context()
+        ref, ours = self.apps.SIDES["ref"]["sink"], self.apps.SIDES["ours"]["sink"]
+        variants = {
+            "ref": lambda: ref.delay(),
+            "ref+header": lambda: ref.apply_async(headers={CONTEXT_HEADER: token}),
+            "ours, sealed": lambda: ours.delay(),
+            "ours": lambda: ours.delay(),
+        }
+        names = tuple(variants)
+        cpu: dict[str, list[float]] = _per_side(names)
+        sent = dict.fromkeys(("ref", "ours"), 0)
+        results: list = []
+        clock = time.thread_time
+        try:
+            gc.collect()
+            for i in range(n):
+                for name in _rotations(names, i):
+                    environ = self.fresh_environ()
+                    if name == "ours, sealed":
+                        environ[ENVIRON_TOKEN_KEY] = token
+                    with self.flask_app.request_context(environ):
+                        self.view_work(LOADED)
+                        send = variants[name]
+                        c0 = clock()
+                        result = send()
+                        c1 = clock()
+                    cpu[name].append(c1 - c0)
+                    results.append(result)
+                    sent[name.partition("+")[0].partition(",")[0]] += 1
+                    result = None
+            for side, count in sent.items():
+                queued = self.purge(side, self.apps.QUEUES[side]["sink"])
+                if queued != count:
+                    raise RuntimeError(f"{side}: sent {count} messages but found {queued}")
+        finally:
+            _release(results)
+            for side in sent:
+                _drain_result_consumer(self.apps.SIDES[side]["celery"])
+        return {name: statistics.median(values) * 1e6 for name, values in cpu.items()}
 
     # throughput ---------------------------------------------------------------------
 
@@ -338,9 +517,9 @@ class Bench:
         return snapshot
 
     def throughput_round(self, side: str, m: int, cpu: dict[str, list[float]] | None = None) -> float:
-        """Tasks per second from the first send to the last result; with ``cpu``, also
-        append each process's CPU microseconds per task (sender, worker main and child,
-        Redis) over the round, to show where the time went."""
+        """Tasks per second from the first send to the last result, each task sent from a
+        fresh request whose view read the form and the user; with ``cpu``, also append
+        each process's CPU microseconds per task (sender, worker main and child, Redis)."""
         from celery.result import ResultSet
 
         spec = self.apps.SIDES[side]
@@ -355,7 +534,7 @@ class Bench:
             for ctx in contexts:
                 ctx.push()
                 try:
-                    self.view_work()
+                    self.view_work(LOADED)
                     results.append(task.delay())
                 finally:
                     ctx.pop()
@@ -375,92 +554,115 @@ class Bench:
             self.forget(side, results)
         finally:
             result_set = None
+            contexts.clear()
             _release(results)
+            _drain_result_consumer(spec["celery"])
         return m / elapsed
 
     # replay -------------------------------------------------------------------------
 
-    def replay_callables(self):
+    def replay_callables(self) -> dict:
+        """What each side does in the worker around a task, as callables: ours opens the
+        token and replays the request (the user restored through the user_loader), the
+        peer pushes an empty test request; plus ours in parts."""
         from flask import request
+        from flask_celery_request import current_context
+        from flask_celery_request.replay import replay_request
+        from flask_celery_request.task import _AppState
+        from flask_login import current_user
 
-        from app.celery_context import replay_request, sign_request_context, verify_request_context
-
+        run_in_test_request = self.apps.run_in_test_request
         app = self.flask_app
+        sealer = _AppState.of(app).sealer
         with self.request_context():
-            self.view_work()
-            token = sign_request_context(app)
-            # What the kwargs recipe captures, scrubbed exactly as ours is (same headers,
-            # same form, the query string kept) so both replay the same request.
-            context = verify_request_context(app, token)
-            carried = context["e"]
-            recipe = {
-                "path": request.path,
-                "query_string": request.query_string.decode("latin-1"),
-                "base_url": request.url_root,
-                "method": request.method,
-                "headers": {
-                    key[5:].replace("_", "-").title(): value
-                    for key, value in carried.items() if key.startswith("HTTP_")
-                },
-                "data": dict(context.get("f") or []),
-            }
-            live = (request.url, request.method, sorted(dict(context["f"]).items()))
+            self.view_work(LOADED)
+            token = current_context()
+            live = (request.url, request.method, sorted((k, v) for k, v in request.form.items(multi=True)
+                                                        if k != "csrf_token"), str(self.user_id))
+        opened = sealer.open(token)
+        anonymous = {key: value for key, value in opened.items() if key != "u"}
 
-        def ours_once():
-            verified = verify_request_context(app, token)
-            with replay_request(app, verified, token):
+        def ours():
+            with replay_request(app, sealer.open(token), token):
                 pass
 
-        def recipe_once():
-            with app.test_request_context(**recipe):
-                result = None
-                app.process_response(app.make_response(result or ""))
+        def peer():
+            run_in_test_request(app, _nothing)
 
-        # Both replay the same request: check once, outside the timing.
-        for name, enter in (
-            ("ours", lambda: replay_request(app, verify_request_context(app, token), token)),
-            ("recipe", lambda: app.test_request_context(**recipe)),
-        ):
-            with enter():
-                seen = (request.url, request.method, sorted(request.form.to_dict().items()))
-                if seen != live:
-                    raise RuntimeError(f"the {name} replay rebuilt {seen}, not {live}")
-        return ours_once, recipe_once, len(token)
+        def open_only():
+            sealer.open(token)
+
+        def replay_only():
+            with replay_request(app, opened, token):
+                pass
+
+        def replay_no_user():
+            with replay_request(app, anonymous, token):
+                pass
+
+        # Ours replays the request it was sent from, signed in: check once, outside the timing.
+        with replay_request(app, sealer.open(token), token):
+            seen = (request.url, request.method, sorted(request.form.items(multi=True)), current_user.get_id())
+        if seen != live:
+            raise RuntimeError(f"ours replayed {seen}, not {live}")
+        return {"ours": ours, "peer": peer, "ours: open": open_only, "ours: replay": replay_only,
+                "ours: replay, no user": replay_no_user}
 
     def replay(self, stats: Stats) -> None:
-        """``--replay-iterations`` replays per side, in alternating timeit blocks.
-
-        Short alternating blocks (``--replay-block``) rather than a few long loops: on a
-        shared machine a long loop is as likely as not to straddle someone else's burst,
-        while the best block of many is the undisturbed cost, for both sides alike.
-        """
-        ours_once, recipe_once, _ = self.replay_callables()
+        """``--replay-iterations`` replays per callable, in rotating timeit blocks, timed by
+        this thread's CPU time (pure CPU work in this process; the SQLite read of the
+        user is a page-cache hit), the best block being the undisturbed cost."""
+        callables = self.replay_callables()
         block = self.args.replay_block
-        # Replay is pure CPU work in this process (no broker, no database round trip), so
-        # it is timed in this thread's CPU time: time the scheduler gave to other
-        # processes does not count, which on an idle machine is the same as wall time.
-        timer = time.thread_time if self.args.replay_clock == "cpu" else time.perf_counter
-        for once in (ours_once, recipe_once):  # warm caches
+        timer = time.thread_time
+        names = tuple(callables)
+        for once in callables.values():  # warm caches
             timeit.Timer(once, timer=timer).timeit(block)
+        stats.replay = _per_side(names)
         blocks = max(1, -(-self.args.replay_iterations // block))
         for index in range(blocks):
-            order = [("ours", ours_once), ("recipe", recipe_once)]
-            if index % 2:
-                order.reverse()
-            for name, once in order:
-                seconds = timeit.Timer(once, timer=timer).timeit(block)
+            for name in _rotations(names, index):
+                seconds = timeit.Timer(callables[name], timer=timer).timeit(block)
                 stats.replay[name].append(seconds / block * 1e6)
+
+
+def _nothing() -> None:
+    return None
+
+
+def _create_bench_user(flask_app) -> int:
+    """The bench's signed-in user, a real row of its SQLite database (tables created
+    here). Inserted with a Core INSERT so that the app's after_insert hook does not
+    enqueue a welcome email to the shared broker."""
+    import sqlalchemy as sa
+
+    from app.extensions import db
+    from app.models import User
+
+    with flask_app.app_context():
+        db.create_all()
+        user = User(**BENCH_USER)
+        user.set_password("bench-password-not-a-secret")
+        user_id = db.session.execute(
+            sa.insert(User).values(**BENCH_USER, password_hash=user.password_hash).returning(User.id)
+        ).scalar_one()
+        db.session.commit()
+        db.session.remove()
+    return user_id
 
 
 # --- report ----------------------------------------------------------------------------------
 
 
-def _blob_hash(path: Path) -> str:
-    """The file's git blob id: which version of the module these figures are for."""
-    import hashlib
-
-    data = path.read_bytes()
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()[:12]
+def _package_digest() -> str:
+    """Which version of the package these figures are for: the sha1 of its source files'
+    git blob ids (``git hash-object``), in name order."""
+    digest = hashlib.sha1()
+    for path in sorted(PACKAGE_SRC.glob("*.py")):
+        data = path.read_bytes()
+        blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        digest.update(f"{path.name} {blob}\n".encode())
+    return digest.hexdigest()[:12]
 
 
 def _loadavg() -> str:
@@ -474,56 +676,103 @@ def _verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
-def _paired_ratio(ours: list[float], base: list[float]) -> float:
-    """The median over rounds of ours/base within each round (rounds pair adjacent runs)."""
-    return statistics.median(o / b for o, b in zip(ours, base))
+def _paired_ratios(ours: list[float], base: list[float]) -> list[float]:
+    """ours/base within each round (rounds pair runs close together in time)."""
+    return [o / b for o, b in zip(ours, base)]
+
+
+def _spread(ratios: list[float]) -> str:
+    return f"{min(ratios):.3f}-{max(ratios):.3f}x"
+
+
+ROW_FORMAT = "{:<42}{:<13}{:>10}{:>10}{:>9}  {:<22}{}"
+
+
+def _row(label, compared, base, value, ratio, target, verdict) -> str:
+    return ROW_FORMAT.format(label, compared, f"{base:.1f}", f"{value:.1f}", f"{ratio:.3f}x", target, verdict)
 
 
 def print_report(stats: Stats, args) -> None:
     med = statistics.median
-    rows = []
-    for label, key in (("enqueue us/call (median)", "enqueue_medians"),
-                       ("enqueue us/call (mean)", "enqueue_means")):
-        series = getattr(stats, key)
-        ratio = _paired_ratio(series["ours"], series["plain"])
-        rows.append((label, med(series["plain"]), med(series["ours"]), ratio, "<= 1.05x",
-                     round(ratio, 3) <= 1.05))
-    ratio = _paired_ratio(stats.throughput["ours"], stats.throughput["plain"])
-    rows.append(("throughput tasks/s", med(stats.throughput["plain"]), med(stats.throughput["ours"]),
-                 ratio, ">= 0.95x", round(ratio, 3) >= 0.95))
-    recipe, ours = min(stats.replay["recipe"]), min(stats.replay["ours"])
-    ratio = ours / recipe
-    rows.append(("replay us/task (best)", recipe, ours, ratio, "<= 0.50x", round(ratio, 3) <= 0.5))
+    rows: list[str] = []
+    spreads: list[str] = []
+
+    def enqueue_row(case, side, base_side, target=None):
+        series = stats.enqueue_median[case]
+        ratios = _paired_ratios(series[side], series[base_side])
+        ratio = med(ratios)
+        verdict = "info" if target is None else _verdict(round(ratio, 3) <= target)
+        rows.append(_row(f"enqueue us/call, {CASE_LABEL[case]}", f"{side}/{base_side}",
+                         med(series[base_side]), med(series[side]), ratio,
+                         "-" if target is None else f"<= {target:.2f}x", verdict))
+        spreads.append(f"enqueue {CASE_LABEL[case]} {side}/{base_side} {_spread(ratios)}")
+
+    def throughput_row(side, base_side, target=None):
+        series = stats.throughput
+        ratios = _paired_ratios(series[side], series[base_side])
+        ratio = med(ratios)
+        verdict = "info" if target is None else _verdict(round(ratio, 3) >= target)
+        rows.append(_row("throughput tasks/s, no-op, prefork -c one", f"{side}/{base_side}",
+                         med(series[base_side]), med(series[side]), ratio,
+                         "-" if target is None else f">= {target:.2f}x", verdict))
+        spreads.append(f"throughput {side}/{base_side} {_spread(ratios)}")
+
+    enqueue_row(LOADED, "ours", "ref", 1.05)
+    enqueue_row(COLD, "ours", "default", 1.10)
+    throughput_row("ours", "ref", 0.90)
+    enqueue_row(COLD, "ours", "ref")
+    enqueue_row(COLD, "ref", "default")
+    throughput_row("peer", "ref")
+    throughput_row("ours", "peer")
+    peer, ours = min(stats.replay["peer"]), min(stats.replay["ours"])
+    rows.append(_row("replay us/task, CPU, best block", "ours/peer", peer, ours, ours / peer, "-", "info"))
 
     print()
-    print(f"{'metric':<26}{'plain/recipe':>14}{'ours':>12}{'ratio':>10}  {'target':<10}result")
-    print("-" * 80)
-    for label, base, value, ratio, target, ok in rows:
-        print(f"{label:<26}{base:>14.1f}{value:>12.1f}{ratio:>9.3f}x  {target:<10}{_verdict(ok)}")
-    print("-" * 80)
+    header = ROW_FORMAT.format("metric", "compared", "base", "value", "ratio", "target", "result")
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        print(row)
+    print("-" * len(header))
+    print("compared: value side / base side. ref = plain celery.Celery configured like the app; "
+          "default = Celery() with broker and backend only;")
+    print("  peer = flask-celeryext's RequestContextTask pattern; ours = Flask-Celery-Request.")
+    print(f"enqueue: base and value are medians over {args.rounds} rounds of each round's median call "
+          f"({args.n} calls per side per round); ratio is the median of the per-round ratios.")
+    print(f"throughput: medians over {args.throughput_rounds} rounds of {args.m} tasks per side; "
+          "ratio is the median of the per-round ratios.")
+    print("per-round ratio spread: " + "; ".join(spreads))
+
+    for case in (LOADED, COLD):
+        cpu = stats.enqueue_cpu[case]
+        sides = ENQUEUE_SIDES[case]
+        base = sides[0]
+        parts = [f"{side} {med(cpu[side]):.1f}" for side in sides]
+        mean = stats.enqueue_mean[case]
+        print(f"(info) enqueue, {CASE_LABEL[case]}: sender CPU us per .delay() (median) " + ", ".join(parts)
+              + f"; ours adds {med(cpu['ours']) - med(cpu[base]):.1f} us of CPU to {base}'s"
+              + "; mean wall us " + ", ".join(f"{side} {med(mean[side]):.1f}" for side in sides))
     cpu = stats.throughput_cpu
-    parts = [f"{name} {med(cpu['plain'][name]):.0f} -> {med(cpu['ours'][name]):.0f}"
-             for name in ("sender", "worker main", "worker child", "redis")
-             if cpu["plain"].get(name) and cpu["ours"].get(name)]
-    if parts:
-        print(f"{'(info) throughput CPU':<26}us per task, plain -> ours: " + ", ".join(parts))
-    cpu_plain, cpu_ours = med(stats.enqueue_cpu["plain"]), med(stats.enqueue_cpu["ours"])
-    print(f"{'(info) enqueue sender CPU':<26}{cpu_plain:>14.1f}{cpu_ours:>12.1f}"
-          f"{_paired_ratio(stats.enqueue_cpu['ours'], stats.enqueue_cpu['plain']):>9.3f}x  "
-          f"median us of this thread's CPU per .delay(); ours adds {cpu_ours - cpu_plain:.1f} us")
-    print("plain/recipe: plain celery.Celery for enqueue and throughput; the kwargs recipe's "
-          "test_request_context replay for replay.")
-    spread = sorted(o / p for o, p in zip(stats.throughput["ours"], stats.throughput["plain"]))
-    print(f"enqueue, throughput: plain and ours are medians over {args.rounds} and "
-          f"{args.throughput_rounds} rounds; ratio is the median of the per-round ours/plain ratios "
-          f"(throughput's ranged {spread[0]:.2f}-{spread[-1]:.2f}x: that is the machine's noise).")
-    print(f"replay: {args.replay_iterations} replays per side in alternating timeit blocks of "
-          f"{args.replay_block}, {'thread CPU time' if args.replay_clock == 'cpu' else 'wall clock'}; "
-          f"best block shown (median block: recipe "
-          f"{med(stats.replay['recipe']):.1f} us, ours {med(stats.replay['ours']):.1f} us, ratio "
-          f"{med(stats.replay['ours']) / med(stats.replay['recipe']):.3f}x).")
+    for side in ("ours", "peer"):
+        parts = [f"{name} {med(cpu['ref'][name]):.0f} -> {med(cpu[side][name]):.0f}"
+                 for name in ("sender", "worker main", "worker child", "redis")
+                 if cpu["ref"].get(name) and cpu[side].get(name)]
+        if parts:
+            print(f"(info) throughput CPU us per task, ref -> {side}: " + ", ".join(parts))
+    parts = stats.breakdown
+    print(f"(info) where ours' extra CPU per .delay() goes, view read form+user ({max(1, args.n // 2)} calls each, "
+          f"interleaved, median us): ref {parts['ref']:.1f}; with our header {parts['ref+header']:.1f} "
+          f"(carrying it {parts['ref+header'] - parts['ref']:+.1f}); ours with the request already sealed "
+          f"{parts['ours, sealed']:.1f} (the Task override {parts['ours, sealed'] - parts['ref+header']:+.1f}); "
+          f"ours {parts['ours']:.1f} (sealing {parts['ours'] - parts['ours, sealed']:+.1f})")
+    replay = stats.replay
+    parts = [f"{name} {min(values):.1f}" for name, values in replay.items()]
+    user = min(replay["ours: replay"]) - min(replay["ours: replay, no user"])
+    print(f"(info) replay, CPU us per task, best of {len(replay['ours'])} blocks of {args.replay_block}: "
+          + ", ".join(parts) + f" (restoring the user costs {user:.1f})")
+    print("       median blocks: " + ", ".join(f"{name} {med(values):.1f}" for name, values in replay.items()))
     print(f"load average at the end: {_loadavg()} (other load on the machine skews absolute figures; "
-          f"the interleaving and pairing keep the ratios fair)")
+          "the interleaving and pairing keep the ratios fair)")
     print("Timings are reported, never asserted: a MISS does not fail the run.")
 
 
@@ -532,20 +781,11 @@ def print_rounds(stats: Stats) -> None:
         return " ".join(f"{v:8.1f}" for v in values)
 
     print("\nper round (in the order run):")
-    for side in ("plain", "ours"):
-        print(f"  enqueue median us  {side:<6}{fmt(stats.enqueue_medians[side])}")
-    for side in ("plain", "ours"):
-        print(f"  enqueue mean us    {side:<6}{fmt(stats.enqueue_means[side])}")
-    for side in ("plain", "ours"):
-        print(f"  enqueue CPU us     {side:<6}{fmt(stats.enqueue_cpu[side])}")
-    for side in ("plain", "ours"):
-        print(f"  throughput tasks/s {side:<6}{fmt(stats.throughput[side])}")
-    for side in ("recipe", "ours"):
-        values = sorted(stats.replay[side])
-        pick = {"best": values[0], "p10": values[len(values) // 10],
-                "median": statistics.median(values), "p90": values[len(values) * 9 // 10]}
-        print(f"  replay us/task     {side:<7}" + " ".join(f"{k} {v:.1f}" for k, v in pick.items())
-              + f"  ({len(values)} blocks)")
+    for case in (LOADED, COLD):
+        for side in ENQUEUE_SIDES[case]:
+            print(f"  enqueue median us, {CASE_LABEL[case]:<20} {side:<8}{fmt(stats.enqueue_median[case][side])}")
+    for side in THROUGHPUT_SIDES:
+        print(f"  throughput tasks/s{'':<23}{side:<8}{fmt(stats.throughput[side])}")
 
 
 # --- main ----------------------------------------------------------------------------------
@@ -553,59 +793,74 @@ def print_rounds(stats: Stats) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=2000, help="enqueue calls per side per round (2000)")
-    parser.add_argument("--m", type=int, default=400, help="no-op tasks per side per throughput round (400)")
-    parser.add_argument("--rounds", type=int, default=5, help="enqueue rounds per side (5)")
-    parser.add_argument("--throughput-rounds", type=int, default=15,
-                        help="alternating throughput rounds per side (15): short rounds close together "
-                             "pair the two sides under the same machine load")
-    parser.add_argument("--replay-iterations", type=int, default=25000,
-                        help="in-process replays per side (25000)")
-    parser.add_argument("--replay-block", type=int, default=250,
-                        help="replays per timeit block; blocks alternate between the sides (250)")
-    parser.add_argument("--replay-clock", choices=("cpu", "wall"), default="cpu",
-                        help="time replay by this thread's CPU time (default) or by the wall clock")
-    parser.add_argument("--cold", action="store_true",
-                        help="do not pre-read the form and current_user before sending "
-                             "(by default the view has, as a real view does)")
+    parser.add_argument("--n", type=int, default=1500, help="enqueue calls per side per round (1500)")
+    parser.add_argument("--m", type=int, default=100, help="no-op tasks per side per throughput round (100)")
+    parser.add_argument("--rounds", type=int, default=5, help="enqueue rounds per case (5)")
+    parser.add_argument("--throughput-rounds", type=int, default=20,
+                        help="rotating throughput rounds per side (20): short rounds close together "
+                             "pair the sides under the same machine load")
+    parser.add_argument("--replay-iterations", type=int, default=5000,
+                        help="in-process replays per callable (5000)")
+    parser.add_argument("--replay-block", type=int, default=100,
+                        help="replays per timeit block; blocks rotate between the callables (100)")
     parser.add_argument("--quick", action="store_true", help="a fast smoke run: small N, M, rounds")
     args = parser.parse_args(argv)
     if args.quick:
-        args.n, args.m, args.rounds, args.throughput_rounds = 100, 100, 2, 2
-        args.replay_iterations, args.replay_block = 1000, 50
+        args.n, args.m, args.rounds, args.throughput_rounds = 100, 60, 2, 2
+        args.replay_iterations, args.replay_block = 500, 50
     for name in ("n", "m", "rounds", "throughput_rounds", "replay_iterations", "replay_block"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     return args
 
 
-def _print_header(args, apps, redis_url: str, external: bool) -> None:
-    import celery
+def _versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
 
-    print("CeleryWithContext overhead benchmark")
-    print(f"  python {platform.python_version()}, celery {celery.__version__}, "
-          f"{os.cpu_count()} CPUs, broker {'REDIS_URL' if external else 'embedded redis-server'} "
-          f"{redis_url}")
-    print("  workers: celery -A bench.overhead_apps.<plain|ours> worker -c 1 -P prefork "
-          "--without-gossip --without-mingle -Q <own queue>")
+    parts = [f"python {platform.python_version()}"]
+    for name in ("flask", "werkzeug", "celery", "kombu", "redis", "flask-login", "cryptography"):
+        try:
+            parts.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            parts.append(f"{name} ?")
+    return ", ".join(parts)
+
+
+def _same_settings(apps) -> int:
+    """How many app settings ref, peer and ours share (all of celery_settings()), or raise."""
+    from app.celery_config import celery_settings
+
+    settings = celery_settings(apps.flask_app.config)
+    for side in ("ref", "peer", "ours"):
+        conf = apps.SIDES[side]["celery"].conf
+        different = [key for key, value in settings.items() if conf[key] != value]
+        if different:
+            raise RuntimeError(f"the {side} side is not configured like the app: {different}")
+    return len(settings)
+
+
+def _print_header(args, apps, redis_url: str, external: bool) -> None:
+    print("Flask-Celery-Request overhead benchmark")
+    print(f"  {_versions()}")
+    print(f"  {os.cpu_count()} CPUs, load average at start {_loadavg()}; broker and backend: "
+          f"{'REDIS_URL' if external else 'embedded redis-server'} {redis_url}")
+    print(f"  flask_celery_request: source digest {_package_digest()} ({PACKAGE_SRC.relative_to(ROOT)})")
+    print(f"  ref, peer and ours share all {_same_settings(apps)} settings of celery_settings(app.config); "
+          "default sets only broker_url and result_backend")
+    print("  workers: celery -A bench.overhead_apps.<ref|ours|peer> worker -c 1 -P prefork "
+          "--without-gossip --without-mingle --without-heartbeat -Q <own queue>")
     print(f"  request: POST {BASE_URL.rstrip('/')}{REQUEST_PATH}?{REQUEST_QUERY}, "
-          f"{len(realistic_headers('x'))} headers (Cookie scrubbed), {len(FORM)} form fields "
-          f"(csrf_token scrubbed); the view {'did not read' if args.cold else 'already read'} "
-          f"the form and current_user")
-    print(f"  enqueue: {args.n} .delay() calls per side per round, plain and ours interleaved call "
-          f"by call, each in a fresh request, to a queue NO worker consumes (so no worker competes "
-          f"for CPU while the sender is timed; purged and counted after every round)")
-    print(f"  throughput: {args.m} no-op tasks per side per round through the real workers, "
-          f"first send to last result")
-    print(f"  rounds: {args.rounds} enqueue, {args.throughput_rounds} throughput; throughput rounds "
-          f"alternate (plain, ours, ours, plain, ...)")
-    print(f"  app/celery_context.py: git blob {_blob_hash(ROOT / 'app' / 'celery_context.py')}")
-    print(f"  load average at start: {_loadavg()}", flush=True)
+          f"{len(realistic_headers('x'))} headers (a signed-in session cookie of a real user), "
+          f"{len(FORM)} form fields; a fresh request context per call")
+    print(f"  enqueue: {args.rounds} rounds x {args.n} .delay() calls per side and case, the sides "
+          "interleaved call by call, to a queue NO worker consumes (purged and counted every round)")
+    print(f"  throughput: {args.throughput_rounds} rotating rounds x {args.m} no-op tasks per side, "
+          "first send to last result", flush=True)
 
 
 @contextmanager
 def running_stack(args: argparse.Namespace, *, quiet: bool = False) -> Iterator[Bench]:
-    """Redis, the environment, both apps and both workers; everything stopped on the way out."""
+    """Redis, the environment, the apps and their workers; everything stopped on the way out."""
     tmp = Path(tempfile.mkdtemp(prefix="mbbench-", dir="/tmp"))
     redis_process = None
     workers: list[Worker] = []
@@ -631,7 +886,7 @@ def running_stack(args: argparse.Namespace, *, quiet: bool = False) -> Iterator[
         }
         for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "SECRET_KEY_FALLBACKS",
                      "TRUSTED_HOSTS", "SERVER_NAME"):
-            os.environ.pop(name, None)  # same broker and backend for both sides, no surprises
+            os.environ.pop(name, None)  # same broker and backend for every side, no surprises
         os.environ.update(env)
         worker_env = dict(os.environ)
 
@@ -639,25 +894,24 @@ def running_stack(args: argparse.Namespace, *, quiet: bool = False) -> Iterator[
 
         if not quiet:
             _print_header(args, apps, redis_url, bool(external))
+        bench = Bench(apps, args)  # creates the database and its user before any worker reads it
         deadline = time.monotonic() + 90
-        for side in ("plain", "ours"):
+        for side in apps.WORKER_SIDES:
             workers.append(Worker(side, apps.SIDES[side]["target"], apps.QUEUES[side]["work"],
                                   worker_env, tmp / f"worker-{side}.log"))
         for worker in workers:
             worker.wait_ready(apps.SIDES[worker.side]["celery"], deadline)
 
-        bench = Bench(apps, args)
         bench.worker_pids = {worker.side: worker.process.pid for worker in workers}
         bench.redis_pid = redis_process.pid if redis_process is not None else None
         bench.probe()
+        bench.check_cases()
         if not quiet:
-            from app.celery_context import sign_request_context
-
-            print("  both workers answer; ours replays the request (url, method, form, scrubbed headers)")
-            with bench.request_context():
-                bench.view_work()
-                size = len(sign_request_context(apps.flask_app))
-            print(f"  ours adds a {size}-byte signed context header", flush=True)
+            sizes = bench.sealed_sizes()
+            print("  the workers answer; ours replays the request (url, method, form, scrubbed headers, "
+                  "the signed-in user), peer runs in an empty test request, ref in none")
+            print(f"  our sealed context header: {sizes[LOADED]} bytes (view read form+user), "
+                  f"{sizes[COLD]} bytes (untouched request)", flush=True)
         yield bench
         for worker in workers:
             if worker.process.poll() is not None:
@@ -682,7 +936,7 @@ def running_stack(args: argparse.Namespace, *, quiet: bool = False) -> Iterator[
                       file=sys.stderr)
         if apps is not None:
             gc.collect()  # AsyncResults unsubscribe while Redis is still up
-            for side in ("plain", "ours"):
+            for side in apps.SIDE_NAMES:
                 for kind in ("work", "sink"):
                     try:
                         _purge_and_unbind(apps, side, apps.QUEUES[side][kind])
@@ -706,34 +960,59 @@ def _purge_and_unbind(apps, side: str, queue: str) -> None:
         channel.client.delete(f"_kombu.binding.{queue}")
 
 
+class _Phases:
+    """Prints each phase as it starts, and how long the previous one took."""
+
+    def __init__(self) -> None:
+        self.started = None
+
+    def __call__(self, name: str | None) -> None:
+        now = time.monotonic()
+        if self.started is None:
+            print()
+        else:
+            print(f"({now - self.started:.0f} s)", flush=True)
+        if name is not None:
+            print(f"{name} ...", end=" ", flush=True)
+        self.started = now
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_on_signal)
 
+    started = time.monotonic()
     with running_stack(args) as bench:
         # Warm-up, discarded: connections, imports, the workers' first tasks.
-        bench.enqueue_round(min(200, args.n))
-        for side in ("plain", "ours"):
+        for case in (LOADED, COLD):
+            bench.enqueue_round(case, min(200, args.n))
+        for side in THROUGHPUT_SIDES:
             bench.throughput_round(side, min(100, args.m))
 
         stats = Stats()
-        print("\nenqueue ...", flush=True)
-        for _ in range(args.rounds):
-            for side, (mean, median, cpu) in bench.enqueue_round(args.n).items():
-                stats.enqueue_means[side].append(mean)
-                stats.enqueue_medians[side].append(median)
-                stats.enqueue_cpu[side].append(cpu)
-        print("throughput ...", flush=True)
+        phase = _Phases()
+        phase("enqueue")
+        for index in range(args.rounds):
+            for case in ((LOADED, COLD) if index % 2 == 0 else (COLD, LOADED)):
+                for side, (median, mean, cpu) in bench.enqueue_round(case, args.n).items():
+                    stats.enqueue_median[case][side].append(median)
+                    stats.enqueue_mean[case][side].append(mean)
+                    stats.enqueue_cpu[case][side].append(cpu)
+        phase("send breakdown")
+        stats.breakdown = bench.send_breakdown(max(1, args.n // 2))
+        phase("throughput")
         for index in range(args.throughput_rounds):
-            for side in (("plain", "ours") if index % 2 == 0 else ("ours", "plain")):
+            for side in _rotations(THROUGHPUT_SIDES, index):
                 stats.throughput[side].append(
                     bench.throughput_round(side, args.m, stats.throughput_cpu[side]))
-        print("replay ...", flush=True)
+        phase("replay")
         bench.replay(stats)
+        phase(None)
 
     print_rounds(stats)
     print_report(stats, args)
+    print(f"(run took {time.monotonic() - started:.0f} s)")
     return 0
 
 
