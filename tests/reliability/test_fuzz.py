@@ -30,7 +30,7 @@ from werkzeug.wrappers import Request
 from app.extensions import csrf
 from tests.conftest import AuthActions
 from tests.reliability.test_bad_context import worker_identity
-from tests.support.probe_tasks import describe_current_request, describe_request
+from tests.support.probe_tasks import as_carried, describe_request, describe_sending_request
 
 TIMEOUT = 30
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -50,7 +50,7 @@ def fuzz_app(live_app):
         state["environ"] = dict(request.environ)
         state["sent"] = state.get("sent", 0) + 1
         result = describe_request.delay()
-        return jsonify(task_id=result.id, live=describe_current_request())
+        return jsonify(task_id=result.id, live=describe_sending_request())
 
     live_app.add_url_rule("/probe/", "probe", csrf.exempt(probe), methods=METHODS, defaults={"subpath": ""})
     live_app.add_url_rule("/probe/<path:subpath>", "probe", methods=METHODS)
@@ -75,7 +75,7 @@ def _url_query_name(part: str) -> str | None:
 def expected_description(app, live: dict) -> dict:
     """The view's description minus what the scrubber drops by design."""
     scrub = app.extensions["flask_celery_request"].settings
-    expected = dict(live)
+    expected = as_carried(live, scrub.is_sensitive)
 
     def header_dropped(name: str) -> bool:
         key = name.upper().replace("-", "_")
@@ -93,7 +93,7 @@ def expected_description(app, live: dict) -> dict:
                 if (field := _url_query_name(part)) is None or not scrub.is_sensitive(field)]
         return value if len(kept) == len(parts) else f"{url}?{'&'.join(kept)}{hash_sign}{fragment}"
 
-    expected["headers"] = [[name, header_value(name, value)] for name, value in live["headers"]
+    expected["headers"] = [[name, header_value(name, value)] for name, value in expected["headers"]
                            if not header_dropped(name)]
     # A multipart field whose name werkzeug could not parse is named None, and not carried.
     expected["form"] = [pair for pair in live["form"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from urllib.parse import unquote_plus
 
 from celery import chord, group
 from celery.signals import worker_process_init
@@ -41,6 +42,30 @@ def describe_current_request() -> dict | None:
         "index_url": url_for("main.index", _external=True),
         "user_id": current_user.get_id() if current_user.is_authenticated else None,
     }
+
+
+def describe_sending_request() -> dict:
+    """The view's side, after it sent the task: :func:`describe_current_request` plus
+    the raw body the carrier read (a urlencoded form the view had not parsed travels
+    as its raw body, less its sensitive fields)."""
+    described = describe_current_request()
+    described["raw_body"] = request.get_data(cache=True).decode("latin-1")
+    return described
+
+
+def as_carried(live: dict, is_sensitive) -> dict:
+    """A sending request's description as the worker should see it, but for scrubbing:
+    a urlencoded body that lost fields has the Content-Length of what is left."""
+    expected = {key: value for key, value in live.items() if key != "raw_body"}
+    raw = live.get("raw_body")
+    if raw and dict(live["headers"]).get("Content-Type") == "application/x-www-form-urlencoded":
+        parts = raw.split("&")
+        kept = [part for part in parts if not is_sensitive(unquote_plus(part.partition("=")[0]))]
+        if len(kept) != len(parts):
+            length = str(len("&".join(kept)))
+            expected["headers"] = [[name, length if name == "Content-Length" else value]
+                                   for name, value in live["headers"]]
+    return expected
 
 
 @celery.task(bind=True)

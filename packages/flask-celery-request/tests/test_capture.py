@@ -105,12 +105,42 @@ def test_url_valued_headers_scrubbed_of_credentials_in_their_query() -> None:
     assert environ["HTTP_X_NOTE"] == "see ?token=not-a-url-header"
 
 
-def test_form_multi_valued_in_order_less_secrets() -> None:
+FORM_BODY = "tag=b&password=hunter2&title=t&tag=a&csrf_token=c&tag=b&cardNumber=4111&empty="
+
+
+def test_a_form_the_view_read_travels_parsed_multi_valued_less_secrets() -> None:
     """Every value of a repeated field, in the order sent (request.form groups by name)."""
-    body = "tag=b&password=hunter2&title=t&tag=a&csrf_token=c&tag=b&cardNumber=4111&empty="
-    context = capture(None, "/", method="POST", data=body, content_type="application/x-www-form-urlencoded")
+    app = make_app()
+    with app.test_request_context("/", method="POST", data=FORM_BODY,
+                                  content_type="application/x-www-form-urlencoded"):
+        request.form  # the view read it: the body stream is spent
+        context = capture_request(request, ContextSettings.from_config(app.config), None)
     assert context["f"] == [["tag", "b"], ["tag", "a"], ["tag", "b"], ["title", "t"], ["empty", ""]]
     assert "b" not in context and "b64" not in context
+
+
+def test_a_form_the_view_never_read_travels_raw_less_secrets_and_stays_readable() -> None:
+    """Not parsed at send time (that costs more than the rest of capture): the body as
+    it came, less its sensitive fields, byte for byte; the view can still read it."""
+    app = make_app()
+    with app.test_request_context("/", method="POST", data=FORM_BODY,
+                                  content_type="application/x-www-form-urlencoded"):
+        context = capture_request(request, ContextSettings.from_config(app.config), None)
+        assert request.form.getlist("tag") == ["b", "a", "b"]
+    assert context["b"] == "tag=b&title=t&tag=a&tag=b&empty="
+    assert context["e"]["CONTENT_LENGTH"] == str(len(context["b"]))
+    assert "f" not in context
+
+
+def test_a_large_unread_multipart_upload_is_not_parsed_at_send_time(caplog: pytest.LogCaptureFixture) -> None:
+    app = make_app(CELERY_CONTEXT_MAX_BYTES=2048)
+    data = {"title": "t", "upload": (BytesIO(b"x" * 10_000), "big.bin")}
+    with caplog.at_level(logging.WARNING, CAPTURE_LOGGER):
+        with app.test_request_context("/", method="POST", data=data, content_type="multipart/form-data"):
+            context = capture_request(request, ContextSettings.from_config(app.config), None)
+            assert "form" not in vars(request)
+    assert context["dropped"] == "body" and "f" not in context
+    assert ["dropped the body to fit" in record.getMessage() for record in caplog.records] == [True]
 
 
 def test_multipart_fields_carried_but_not_files() -> None:
@@ -252,9 +282,9 @@ def test_form_that_makes_the_context_too_big_dropped_and_logged(caplog: pytest.L
     with caplog.at_level(logging.WARNING, CAPTURE_LOGGER):
         context = sealed_context(app, "/f", method="POST", data=form, headers={"X-Keep": "1"})
     assert context["dropped"] == "body"
-    assert "f" not in context
+    assert "f" not in context and "b" not in context
     assert context["e"]["HTTP_X_KEEP"] == "1"  # headers kept: the body alone was enough
-    assert ["dropped the body and form to fit" in record.getMessage() for record in caplog.records] == [True]
+    assert ["dropped the body" in record.getMessage() for record in caplog.records] == [True]
 
 
 def test_headers_and_query_dropped_next_host_kept(caplog: pytest.LogCaptureFixture) -> None:

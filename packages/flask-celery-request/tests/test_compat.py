@@ -117,17 +117,27 @@ def test_flask_login_keeps_the_loaded_user_in_g_under_the_name_compat_reads() ->
         assert compat.sender_user_id(app) == "5"
 
 
-def test_flask_login_update_request_context_with_user() -> None:
-    """restore_user goes through LoginManager._update_request_context_with_user."""
+def test_flask_login_loads_the_restored_user_only_when_asked() -> None:
+    """restore_user leaves the id where Flask-Login looks first: the loader runs when
+    current_user is read, not before, and session protection stays quiet."""
+    from flask_login.signals import session_protected
+
     app = make_app()
+    app.config["SESSION_PROTECTION"] = "strong"
     user = User()
-    LoginManager(app).user_loader(lambda user_id: user if user_id == "5" else None)
-    with app.test_request_context("/"):
+    calls: list[str] = []
+    LoginManager(app).user_loader(lambda user_id: calls.append(user_id) or (user if user_id == "5" else None))
+    protected: list[object] = []
+    session_protected.connect(protected.append, app)
+    with app.test_request_context("/", headers={"User-Agent": "probe"}, environ_base={"REMOTE_ADDR": "10.0.0.9"}):
         compat.restore_user(app, "5")
+        assert calls == []
         assert current_user._get_current_object() is user
+        assert calls == ["5"]
     with app.test_request_context("/"):
         compat.restore_user(app, "6")
         assert current_user.is_anonymous
+    assert protected == []
 
 
 def test_flask_login_session_key_is_what_compat_reads() -> None:

@@ -16,6 +16,7 @@ from urllib.parse import unquote_plus
 
 from werkzeug.wrappers import Request
 
+from . import compat
 from .settings import DROP, SCRUB_URL, ContextSettings
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,8 @@ CARRIED_ENVIRON_KEYS = frozenset({
     "CONTENT_LENGTH",
     "wsgi.url_scheme",
 })
-FORM_MIMETYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+URLENCODED = "application/x-www-form-urlencoded"
+FORM_MIMETYPES = frozenset({URLENCODED, "multipart/form-data"})
 #: Deeper JSON bodies are refused rather than carried unscrubbed.
 MAX_JSON_DEPTH = 100
 
@@ -55,11 +57,22 @@ def capture_request(request: Request, settings: ContextSettings, user_id: str | 
     """
     environ = _carried_environ(request.environ, settings)
     context: dict[str, Any] = {"e": environ}
-    if request.mimetype in FORM_MIMETYPES:
+    mimetype = request.mimetype
+    if mimetype in FORM_MIMETYPES and compat.form_is_parsed(request):
         # werkzeug names a multipart field whose name it cannot parse None: it could be
         # anything, a password too, and no view can ask for it.
         context["f"] = [[name, value] for name, value in request.form.items(multi=True)
                         if name is not None and not settings.is_sensitive(name)]
+    elif mimetype == URLENCODED:
+        # Not parsed by the view: carry the body as it came, less its sensitive fields,
+        # and let the worker parse it if the task reads the form.
+        _capture_body(context, request, settings)
+    elif mimetype in FORM_MIMETYPES:
+        if (request.content_length or 0) > settings.max_bytes:
+            _drop_body(context, request.content_length, settings)  # an upload: not parsed here
+        else:
+            context["f"] = [[name, value] for name, value in request.form.items(multi=True)
+                            if name is not None and not settings.is_sensitive(name)]
     elif request.content_length or _is_chunked(request):
         _capture_body(context, request, settings)
     if user_id is not None:
@@ -117,15 +130,16 @@ def _capture_body(context: dict[str, Any], request: Request, settings: ContextSe
     body = request.get_data(cache=True) if length is None else None  # chunked: known once read
     size = len(body) if length is None else length
     if size > settings.max_bytes:
-        context["dropped"] = "body"
-        environ.pop("CONTENT_LENGTH", None)
-        logger.warning("Request body of %d bytes is above CELERY_CONTEXT_MAX_BYTES=%d; "
-                       "dropped the body to fit", size, settings.max_bytes)
+        _drop_body(context, size, settings)
         return
     if body is None:
         body = request.get_data(cache=True)
-    if request.is_json and settings.sensitive is not None:
-        body = _scrub_json_body(body, settings)
+    if settings.sensitive is not None:
+        if request.is_json:
+            body = _scrub_json_body(body, settings)
+        elif request.mimetype == URLENCODED:
+            # The raw bytes are latin-1 text to scrub_query, byte for byte.
+            body = scrub_query(body.decode("latin-1"), settings).encode("latin-1")
     environ["CONTENT_LENGTH"] = str(len(body))
     # It travels whole, of a known length: the replayed request is not chunked.
     environ.pop("HTTP_TRANSFER_ENCODING", None)
@@ -133,6 +147,13 @@ def _capture_body(context: dict[str, Any], request: Request, settings: ContextSe
         context["b"] = body.decode("utf-8")
     except UnicodeDecodeError:
         context["b64"] = base64.b64encode(body).decode("ascii")
+
+
+def _drop_body(context: dict[str, Any], size: int, settings: ContextSettings) -> None:
+    context["dropped"] = "body"
+    context["e"].pop("CONTENT_LENGTH", None)
+    logger.warning("Request body of %d bytes is above CELERY_CONTEXT_MAX_BYTES=%d; "
+                   "dropped the body to fit", size, settings.max_bytes)
 
 
 def _scrub_json_body(body: bytes, settings: ContextSettings) -> bytes:

@@ -69,6 +69,12 @@ def request_context(app: Flask, environ: dict[str, Any], form: Any = None) -> It
             yield ctx
 
 
+def form_is_parsed(request: Any) -> bool:
+    """Whether the view already read ``request.form`` (werkzeug caches it in the
+    instance ``__dict__``, as its ``cached_property`` documents); its body is gone then."""
+    return "form" in vars(request)
+
+
 def process_response(app: Flask, ctx: Any, response: Response) -> Response:
     """The app's after_request hooks (and session saving) for the pushed ``ctx``."""
     if PROCESS_RESPONSE_TAKES_CONTEXT:
@@ -108,12 +114,20 @@ def sender_user_id(app: Flask) -> str | None:
 
 
 def restore_user(app: Flask, user_id: str) -> None:
-    """Make the user ``user_id`` the current user of the replayed request, through the
-    app's own ``user_loader``; a user that no longer exists is anonymous."""
+    """Make the user ``user_id`` the current user of the pushed, replayed request.
+
+    Lazily: the id goes into the replayed (never saved) session, where Flask-Login
+    looks first, so the app's ``user_loader`` runs only if the task reads
+    ``current_user``, not for every task. The session identifier is the replayed
+    request's own, so session protection sees nothing amiss. A user that no longer
+    exists is anonymous (unless the app's request loader says otherwise).
+    """
     manager = getattr(app, "login_manager", None)
-    if manager is None or manager.user_callback is None:
+    if manager is None:
         return
-    manager._update_request_context_with_user(manager.user_callback(user_id))
+    session["_user_id"] = user_id
+    session["_fresh"] = False
+    session["_id"] = manager._session_identifier_generator()
 
 
 # --- Celery --------------------------------------------------------------------------------
