@@ -13,7 +13,8 @@ from werkzeug.datastructures import MultiDict
 
 from conftest import make_app, sealer_of
 from flask_celery_request import ContextCaptureError, CeleryWithContext, current_context
-from flask_celery_request.capture import CARRIED_ENVIRON_KEYS, MAX_JSON_DEPTH, capture_request
+from flask_celery_request.capture import MAX_JSON_DEPTH, capture_request
+from flask_celery_request.settings import CARRIED_ENVIRON_KEYS
 from flask_celery_request.settings import ContextSettings
 
 CAPTURE_LOGGER = "flask_celery_request.capture"
@@ -319,3 +320,31 @@ def test_no_context_at_all_when_even_the_path_does_not_fit(app: Flask, published
     assert published.tokens == [None]
     assert any("sending the task without it" in record.getMessage() for record in caplog.records)
     assert where.apply().get() == (True, False)
+
+
+@pytest.mark.parametrize("remember", [True, False])
+def test_the_environ_plan_gives_the_same_capture_whether_remembered_or_not(
+        monkeypatch: pytest.MonkeyPatch, remember: bool) -> None:
+    """Capture decides once per environ shape which keys it carries; a shape it does
+    not remember (too many, too large) is decided afresh, with the same outcome."""
+    if not remember:
+        monkeypatch.setattr("flask_celery_request.settings._REMEMBERED_PLANS", 0)
+    app = make_app()
+    settings = ContextSettings.from_config(app.config)
+    requests = [
+        {"headers": {"Accept": "a", "X-One": "1"}},
+        {"headers": {"Accept": "b", "X-One": "2"}},  # same shape, other values
+        {"headers": {"Accept": "c", "Cookie": "s=1", "X-Two": "t", "Referer": "https://r/?token=x&q=1"}},
+        {"headers": {"Accept": "d"}, "environ_base": {"REMOTE_PORT": 5000, "HTTP_X_NONE": None}},
+        {"headers": {"Accept": "e", "X-" + "Long" * 100: "5"}},  # a name too long to remember
+    ]
+    for index, options in enumerate(requests * 2):  # the second time round, every shape is known
+        with app.test_request_context(f"/shape/{index}?n={index}&password=p", **options):
+            carried = capture_request(request, settings, None)["e"]
+            expected = {key: str(value) for key, value in request.environ.items() if value is not None and (
+                key in CARRIED_ENVIRON_KEYS or key.startswith("HTTP_") and key not in ("HTTP_COOKIE",))}
+            expected["QUERY_STRING"] = f"n={index}"
+            if "HTTP_REFERER" in expected:
+                expected["HTTP_REFERER"] = "https://r/?q=1"
+            assert carried == expected
+            assert list(carried) == [key for key in request.environ if key in expected]

@@ -114,7 +114,7 @@ def test_flask_login_keeps_the_loaded_user_in_g_under_the_name_compat_reads() ->
         assert compat._LOADED_USER not in g
         login_user(user)
         assert g.get(compat._LOADED_USER) is user
-        assert compat.sender_user_id(app) == "5"
+        assert compat.sender_user_id(*compat.live_request()) == "5"
 
 
 def test_flask_login_loads_the_restored_user_only_when_asked() -> None:
@@ -151,7 +151,7 @@ def test_flask_login_session_key_is_what_compat_reads() -> None:
 def test_no_login_manager_no_user() -> None:
     app = make_app()
     with app.test_request_context("/"):
-        assert compat.sender_user_id(app) is None
+        assert compat.sender_user_id(*compat.live_request()) is None
         compat.restore_user(app, "1")  # nothing to restore into, and no error
 
 

@@ -17,28 +17,10 @@ from urllib.parse import unquote_plus
 from werkzeug.wrappers import Request
 
 from . import compat
-from .settings import DROP, SCRUB_URL, ContextSettings
+from .settings import SCRUB_URL, ContextSettings
 
 logger = logging.getLogger(__name__)
 
-#: Environ keys carried as they are; with the HTTP_* headers they are all werkzeug reads
-#: to build method, scheme, host, script root, path, args and remote address. The raw
-#: request line (REQUEST_URI, RAW_URI) is not: werkzeug never reads it, and it repeats
-#: the path and query.
-CARRIED_ENVIRON_KEYS = frozenset({
-    "REQUEST_METHOD",
-    "SCRIPT_NAME",
-    "PATH_INFO",
-    "QUERY_STRING",
-    "SERVER_NAME",
-    "SERVER_PORT",
-    "SERVER_PROTOCOL",
-    "REMOTE_ADDR",
-    "REMOTE_PORT",
-    "CONTENT_TYPE",
-    "CONTENT_LENGTH",
-    "wsgi.url_scheme",
-})
 URLENCODED = "application/x-www-form-urlencoded"
 FORM_MIMETYPES = frozenset({URLENCODED, "multipart/form-data"})
 #: Deeper JSON bodies are refused rather than carried unscrubbed.
@@ -84,21 +66,17 @@ def _carried_environ(environ: dict[str, Any], settings: ContextSettings) -> dict
     # In the environ's own order: request.headers lists CONTENT_TYPE and CONTENT_LENGTH
     # where the server put them among the HTTP_* keys, and the replay must too.
     carried = {}
-    for key, value in environ.items():
-        if key.startswith("HTTP_"):
-            verdict = settings.header_verdict(key)
-            if verdict == DROP or value is None:
-                continue
-            if type(value) is not str:
-                value = str(value)
-            if verdict == SCRUB_URL and "?" in value:
-                url, _, query = value.partition("?")
-                query, hash_mark, fragment = query.partition("#")
-                value = url + "?" + scrub_query(query, settings) + hash_mark + fragment
-            carried[key] = value
-        elif key in CARRIED_ENVIRON_KEYS and value is not None:
-            # WSGI says str, but servers differ (werkzeug's REMOTE_PORT is an int).
-            carried[key] = value if type(value) is str else str(value)
+    for key, verdict in settings.environ_plan(tuple(environ)):
+        value = environ[key]
+        if value is None:
+            continue
+        if type(value) is not str:
+            value = str(value)  # WSGI says str, but servers differ (werkzeug's REMOTE_PORT is an int)
+        if verdict == SCRUB_URL and "?" in value:
+            url, _, query = value.partition("?")
+            query, hash_mark, fragment = query.partition("#")
+            value = url + "?" + scrub_query(query, settings) + hash_mark + fragment
+        carried[key] = value
     query = carried.get("QUERY_STRING")
     if query:
         carried["QUERY_STRING"] = scrub_query(query, settings)

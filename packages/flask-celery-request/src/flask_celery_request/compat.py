@@ -11,7 +11,8 @@ from contextlib import contextmanager
 from io import BytesIO
 from typing import Any
 
-from flask import Flask, Response, g, has_app_context, request, session
+from flask import Flask, Response, has_app_context, request, session
+from flask.globals import app_ctx
 from flask.sessions import NullSession, SecureCookieSession
 
 #: Flask 3.2 merged RequestContext into AppContext, and its dispatch methods take the
@@ -69,6 +70,14 @@ def request_context(app: Flask, environ: dict[str, Any], form: Any = None) -> It
             yield ctx
 
 
+def live_request() -> tuple[Flask, Any, Any]:
+    """The app, request and ``g`` of the active request, through one context lookup
+    (each proxy access costs a lookup, and the send path is paid on every request)."""
+    ctx = app_ctx._get_current_object()
+    live = ctx.request if PROCESS_RESPONSE_TAKES_CONTEXT else request._get_current_object()
+    return ctx.app, live, ctx.g
+
+
 def form_is_parsed(request: Any) -> bool:
     """Whether the view already read ``request.form`` (werkzeug caches it in the
     instance ``__dict__``, as its ``cached_property`` documents); its body is gone then."""
@@ -88,8 +97,8 @@ def process_response(app: Flask, ctx: Any, response: Response) -> Response:
 _LOADED_USER = "_login_user"
 
 
-def sender_user_id(app: Flask) -> str | None:
-    """The id of the user signed in to the live request, or None.
+def sender_user_id(app: Flask, live: Any, g: Any) -> str | None:
+    """The id of the user signed in to the live request ``live`` (``g`` its globals), or None.
 
     Cheap when it can be: the user the view already loaded, else the id in the session
     (what Flask-Login would load); Flask-Login loads it only when neither says (a
@@ -105,7 +114,7 @@ def sender_user_id(app: Flask) -> str | None:
         if user_id is not None:
             return str(user_id)
         cookie_name = app.config.get("REMEMBER_COOKIE_NAME", "remember_token")
-        if mode != "strong" and cookie_name not in request.cookies and manager.request_callback is None:
+        if mode != "strong" and cookie_name not in live.cookies and manager.request_callback is None:
             return None
         from flask_login import current_user
 

@@ -51,12 +51,33 @@ URL_HEADERS = (
     "X-Forwarded-Uri",
 )
 
+#: Environ keys carried as they are; with the HTTP_* headers they are all werkzeug reads
+#: to build method, scheme, host, port, script root, path, args and remote address. The
+#: raw request line (REQUEST_URI, RAW_URI) is not: werkzeug never reads it, and it
+#: repeats the path and query.
+CARRIED_ENVIRON_KEYS = frozenset({
+    "REQUEST_METHOD",
+    "SCRIPT_NAME",
+    "PATH_INFO",
+    "QUERY_STRING",
+    "SERVER_NAME",
+    "SERVER_PORT",
+    "SERVER_PROTOCOL",
+    "REMOTE_ADDR",
+    "REMOTE_PORT",
+    "CONTENT_TYPE",
+    "CONTENT_LENGTH",
+    "wsgi.url_scheme",
+})
+
 DEFAULT_MAX_BYTES = 64 * 1024
 DEFAULT_MAX_AGE = 7 * 24 * 3600
 
 #: Header verdicts.
 DROP, KEEP, SCRUB_URL = 0, 1, 2
 _REMEMBERED_NAMES = 4096
+_REMEMBERED_PLANS = 256
+_REMEMBERED_PLAN_KEYS = 128
 _REMEMBERED_NAME_LENGTH = 128
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _SEPARATORS = re.compile(r"[-\s.\[\]]+")
@@ -81,6 +102,8 @@ class ContextSettings:
     # choose them) and up to a bounded count, so the memory stays small.
     _verdicts: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
     _header_verdicts: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+    _plans: dict[tuple[str, ...], tuple[tuple[str, int], ...]] = field(
+        default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ContextSettings:
@@ -101,6 +124,24 @@ class ContextSettings:
             max_bytes=max_bytes,
             max_age=max_age,
         )
+
+    def environ_plan(self, keys: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+        """The keys of an environ with these keys that capture carries, in order, each
+        with its verdict (:data:`KEEP` for the request fields werkzeug reads). A server
+        builds the environs of one kind of request with the same keys in the same
+        order, so this is decided once per kind, for environs of an ordinary size."""
+        plan = self._plans.get(keys)
+        if plan is None:
+            plan = tuple((key, verdict) for key in keys if (verdict := self._environ_verdict(key)) != DROP)
+            if len(keys) <= _REMEMBERED_PLAN_KEYS and len(self._plans) < _REMEMBERED_PLANS \
+                    and all(len(key) <= _REMEMBERED_NAME_LENGTH for key in keys):
+                self._plans[keys] = plan
+        return plan
+
+    def _environ_verdict(self, key: str) -> int:
+        if key.startswith("HTTP_"):
+            return self.header_verdict(key)
+        return KEEP if key in CARRIED_ENVIRON_KEYS else DROP
 
     def header_verdict(self, environ_key: str) -> int:
         """For an ``HTTP_*`` environ key: :data:`DROP`, :data:`KEEP`, or

@@ -50,9 +50,9 @@ def seal_current_request() -> str | None:
     """Capture the live request and seal it: a value for :data:`CONTEXT_HEADER`, or
     None if it does not fit in ``CELERY_CONTEXT_MAX_BYTES`` even without its body and
     headers (logged)."""
-    app = current_app._get_current_object()
+    app, live, g = compat.live_request()
     state = _AppState.of(app)
-    context = capture_request(request._get_current_object(), state.settings, compat.sender_user_id(app))
+    context = capture_request(live, state.settings, compat.sender_user_id(app, live, g))
     plaintext = shrink_to_fit(context, state.sealer.encode, state.settings.max_bytes)
     return None if plaintext is None else state.sealer.seal(plaintext)
 
