@@ -44,6 +44,6 @@ def create_app(config_class: type[Config] | Config | None = None) -> Flask:
     app.register_blueprint(main_bp)
     app.register_blueprint(health_bp)
     audit.init_app(app)
-    welcome.init_app(app)
+    welcome.init_app(app, send_task=tasks.send_welcome_email)
     register_cli(app)
     return app

@@ -60,7 +60,6 @@ def celery_settings(config: Mapping[str, Any]) -> dict[str, Any]:
         "task_routes": {
             "app.tasks.export_posts": {"queue": "exports"},
             "app.tasks.send_welcome_email": {"queue": "mail"},
-            "app.tasks.send_email_task": {"queue": "mail"},
         },
         "beat_schedule": {
             "cleanup-exports": {"task": "app.tasks.cleanup_exports",

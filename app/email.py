@@ -1,4 +1,4 @@
-"""Sending email: one helper for every message, synchronous or through Celery."""
+"""Sending email: one helper for every message, and how to tell a failure that passes."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -27,28 +27,10 @@ def build_message(subject: str, recipients: Sequence[str], text_body: str, html_
 
 
 def send_email(subject: str, recipients: Sequence[str], text_body: str, html_body: str,
-               attachments: Sequence[Attachment] | None = None, sync: bool = False) -> None:
-    """Send now (``sync=True``, e.g. from a worker) or hand the message to a Celery task."""
-    if sync:
-        mail.send(build_message(subject, recipients, text_body, html_body, attachments))
-        return
-    from app.tasks import send_email_task
-
-    send_email_task.delay(subject, list(recipients), text_body, html_body,
-                          [_encode_attachment(a) for a in attachments or ()])
-
-
-def _encode_attachment(attachment: Attachment) -> dict:
-    import base64
-
-    return {"filename": attachment.filename, "content_type": attachment.content_type,
-            "data": base64.b64encode(attachment.data).decode("ascii")}
-
-
-def decode_attachment(payload: dict) -> Attachment:
-    import base64
-
-    return Attachment(payload["filename"], payload["content_type"], base64.b64decode(payload["data"]))
+               attachments: Sequence[Attachment] | None = None) -> None:
+    """Send now, through the configured SMTP server (workers call this; views enqueue a
+    task that does)."""
+    mail.send(build_message(subject, recipients, text_body, html_body, attachments))
 
 
 # --- delivery: transient errors are retried with backoff, permanent ones recorded -------
@@ -83,7 +65,10 @@ def describe_failure(exc: BaseException) -> str:
 
 
 def backoff_seconds(retries: int, base: float, maximum: float, rand=None) -> float:
-    """Exponential backoff with full jitter: uniform in [base * 2**retries / 2, base * 2**retries]."""
+    """Exponential backoff with equal jitter: uniform between half and all of
+    ``min(maximum, base * 2**retries)``, so a retry never comes sooner than half the
+    wait (Celery's ``get_exponential_backoff_interval`` takes whole seconds only, and
+    its full jitter may retry at once)."""
     import random
 
     ceiling = min(maximum, base * (2 ** retries))

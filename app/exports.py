@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from flask import current_app
 
 from app.extensions import db
-from app.models import Post, Task, TaskState, utcnow
+from app.models import Post, Task, TaskState, finish_task, utcnow
 
 EXPORT_TASK_NAME = "export_posts"
 #: JSON string literal for a str, non-ASCII kept as is (the C encoder json.dumps uses).
@@ -204,7 +204,6 @@ def send_export_email(user, task: Task, path: Path, count: int) -> bool:
         render_template("email/export_posts.txt", **context),
         render_template("email/export_posts.html", **context),
         attachments=attachments,
-        sync=True,
     )
     return attach
 
@@ -220,7 +219,6 @@ def run_export(task_id: str, user_id: int, celery_task=None, *, retry_email: boo
     """
     from app.email import describe_failure, is_transient
     from app.models import User
-    from app.tasks import finish_task
 
     task = db.session.get(Task, task_id)
     if task is None:
@@ -294,7 +292,6 @@ def _message_for_user(exc: Exception) -> str:
 
 def _export_and_notify(task_id: str, user, celery_task) -> str:
     from app import audit
-    from app.tasks import finish_task
 
     name = export_file_name(task_id)
     destination = exports_dir() / name

@@ -151,6 +151,23 @@ class Task(db.Model):
     def is_running(self) -> bool:
         return self.finished is None
 
+    def finish(self, error: str | None = None) -> None:
+        """End the task and commit: SUCCESS at 100%, or FAILURE with ``error``, words
+        meant for the user (the traceback goes to the log)."""
+        self.state = TaskState.FAILURE if error else TaskState.SUCCESS
+        self.progress = self.progress if error else 100
+        self.error = error
+        self.finished = utcnow()
+        db.session.commit()
+
+
+def finish_task(task_id: str, *, error: str | None = None) -> Task | None:
+    """:meth:`Task.finish` the row of ``task_id``; None if it is gone."""
+    row = db.session.get(Task, task_id)
+    if row is not None:
+        row.finish(error)
+    return row
+
 
 class TaskNotStarted(RuntimeError):
     """The broker refused or could not be reached: the job was not enqueued."""

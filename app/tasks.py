@@ -5,23 +5,10 @@ from celery.signals import task_failure
 from flask_celery_request import ContextRefused
 
 from app.extensions import celery, db
-from app.models import Task, TaskState, utcnow
+from app.models import finish_task
 
 #: What the user reads on a job whose carried request the worker refused.
 CONTEXT_REFUSED_MESSAGE = "This job could not be verified and did not run. Please start it again."
-
-
-def finish_task(task_id: str, *, error: str | None = None) -> Task | None:
-    """Mark a Task row finished (SUCCESS, or FAILURE with ``error``); None if it is gone."""
-    row = db.session.get(Task, task_id)
-    if row is None:
-        return None
-    row.state = TaskState.FAILURE if error else TaskState.SUCCESS
-    row.progress = row.progress if error else 100
-    row.error = error
-    row.finished = utcnow()
-    db.session.commit()
-    return row
 
 
 @celery.task(bind=True)
@@ -62,15 +49,6 @@ def cleanup_exports() -> dict:
     from app.exports import cleanup_exports as cleanup
 
     return asdict(cleanup())
-
-
-@celery.task
-def send_email_task(subject: str, recipients: list[str], text_body: str, html_body: str,
-                    attachments: list[dict]) -> None:
-    from app.email import decode_attachment, send_email
-
-    send_email(subject, recipients, text_body, html_body,
-               [decode_attachment(a) for a in attachments], sync=True)
 
 
 @celery.task(bind=True, max_retries=None)

@@ -20,6 +20,7 @@ from app.models import DeliveryStatus, EmailDelivery, User, utcnow
 
 KIND = "welcome"
 _PENDING_KEY = "welcome_deliveries"
+_SEND_TASK_KEY = "microblog.welcome_email_task"
 
 
 def _on_user_insert(mapper, connection, user: User) -> None:
@@ -43,8 +44,11 @@ def _on_rollback(session) -> None:
     session.info.pop(_PENDING_KEY, None)
 
 
-def init_app(app) -> None:
-    """Listen for new users (once per process: the events are on the classes)."""
+def init_app(app, send_task) -> None:
+    """Listen for new users (once per process: the events are on the classes), and
+    send their emails with ``send_task`` (a Celery task taking the delivery id): the
+    factory hands it over, so this service never imports the task module."""
+    app.extensions[_SEND_TASK_KEY] = send_task
     if not sa.event.contains(User, "after_insert", _on_user_insert):
         sa.event.listen(User, "after_insert", _on_user_insert)
         sa.event.listen(db.session, "after_commit", _on_commit)
@@ -53,12 +57,10 @@ def init_app(app) -> None:
 
 def enqueue(delivery_id: int, token: str | None, countdown: float | None = None) -> bool:
     """Send the delivery's task; False (logged, row left pending) if the broker is down."""
-    from app.tasks import send_welcome_email
-
     delay = current_app.config["WELCOME_EMAIL_DELAY"] if countdown is None else countdown
     headers = {CONTEXT_HEADER: token} if token else None
     try:
-        send_welcome_email.apply_async((delivery_id,), countdown=delay, headers=headers)
+        current_app.extensions[_SEND_TASK_KEY].apply_async((delivery_id,), countdown=delay, headers=headers)
     except Exception as exc:
         current_app.logger.warning("Could not enqueue welcome email %s (%r); it stays pending "
                                    "and will be re-sent", delivery_id, exc)
@@ -122,7 +124,7 @@ def send_welcome(delivery: EmailDelivery) -> bool:
     )
     send_email("[Microblog] Welcome to Microblog!", [user.email],
                render_template("email/welcome.txt", **context),
-               render_template("email/welcome.html", **context), sync=True)
+               render_template("email/welcome.html", **context))
     _finish(delivery.id, DeliveryStatus.SENT, None, sent_at=utcnow())
     return True
 

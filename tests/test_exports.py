@@ -802,7 +802,7 @@ def test_task_status_offers_a_download_only_once_the_file_exists(app, ann_and_bo
 def test_a_failed_export_without_a_file_is_404_with_a_reason(app, ann_and_bob):
     ann, _ = ann_and_bob
     with app.app_context():
-        from app.tasks import finish_task
+        from app.models import finish_task
 
         task_id = add_task(ann)
         finish_task(task_id, error="We could not write your export file. Please try again later.")
