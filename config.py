@@ -17,39 +17,51 @@ BASEDIR = Path(__file__).resolve().parent
 INSECURE_SECRET_KEY = "dev-insecure-secret-key-change-me"
 
 
-def _bool(name: str, value: str | None, default: bool = False) -> bool:
-    if value is None or value.strip() == "":
-        return default
-    text = value.strip().lower()
-    if text in {"1", "true", "yes", "on"}:
-        return True
-    if text in {"0", "false", "no", "off"}:
-        return False
-    raise ValueError(f"{name} must be a boolean (1/0, true/false, yes/no, on/off), found {value!r}")
+class Environment:
+    """Settings read from environment variables, each named once; a bad value is an
+    error that names the variable and the value. An empty variable counts as unset."""
 
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self.environ = os.environ if environ is None else environ
 
-def _int(name: str, value: str | None, default: int) -> int:
-    if value is None or value.strip() == "":
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, found {value!r}") from None
+    def text(self, name: str, default: str | None = None) -> str | None:
+        return self.environ.get(name) or default
 
+    def is_set(self, name: str) -> bool:
+        return self.environ.get(name) is not None
 
-def _float(name: str, value: str | None, default: float) -> float:
-    if value is None or value.strip() == "":
-        return default
-    try:
-        return float(value)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, found {value!r}") from None
+    def bool(self, name: str, default: bool = False) -> bool:
+        value = self.environ.get(name)
+        if value is None or value.strip() == "":
+            return default
+        text = value.strip().lower()
+        if text in {"1", "true", "yes", "on"}:
+            return True
+        if text in {"0", "false", "no", "off"}:
+            return False
+        raise ValueError(f"{name} must be a boolean (1/0, true/false, yes/no, on/off), found {value!r}")
 
+    def int(self, name: str, default: int) -> int:
+        return self._number(name, default, int, "an integer")
 
-def _list(value: str | None) -> list[str] | None:
-    if value is None or value.strip() == "":
-        return None
-    return [item.strip() for item in value.split(",") if item.strip()]
+    def float(self, name: str, default: float) -> float:
+        return self._number(name, default, float, "a number")
+
+    def list(self, name: str) -> list[str] | None:
+        """A comma-separated list, blanks ignored; None when unset."""
+        value = self.environ.get(name)
+        if value is None or value.strip() == "":
+            return None
+        return [item.strip() for item in value.split(",") if item.strip()]
+
+    def _number(self, name: str, default, kind, what: str):
+        value = self.environ.get(name)
+        if value is None or value.strip() == "":
+            return default
+        try:
+            return kind(value)
+        except ValueError:
+            raise ValueError(f"{name} must be {what}, found {value!r}") from None
 
 
 def database_url(value: str | None, default: str) -> str:
@@ -75,81 +87,72 @@ class Config:
     DEBUG = False
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
-        env = os.environ if environ is None else environ
-        get = env.get
+        env = Environment(environ)
 
-        self.INSTANCE_PATH = str(Path(get("INSTANCE_PATH") or BASEDIR / "instance").resolve())
+        self.INSTANCE_PATH = str(Path(env.text("INSTANCE_PATH") or BASEDIR / "instance").resolve())
         instance = Path(self.INSTANCE_PATH)
 
-        self.SECRET_KEY = get("SECRET_KEY") or INSECURE_SECRET_KEY
-        self.SECRET_KEY_FALLBACKS = _list(get("SECRET_KEY_FALLBACKS")) or []
+        self.SECRET_KEY = env.text("SECRET_KEY", INSECURE_SECRET_KEY)
+        self.SECRET_KEY_FALLBACKS = env.list("SECRET_KEY_FALLBACKS") or []
         # Flask refuses requests whose Host is not listed (and so does enqueueing).
-        self.TRUSTED_HOSTS = _list(get("TRUSTED_HOSTS"))
-        self.SERVER_NAME = get("SERVER_NAME") or None
-        self.APPLICATION_ROOT = get("APPLICATION_ROOT") or "/"
-        self.PREFERRED_URL_SCHEME = get("PREFERRED_URL_SCHEME") or "http"
+        self.TRUSTED_HOSTS = env.list("TRUSTED_HOSTS")
+        self.SERVER_NAME = env.text("SERVER_NAME")
+        self.APPLICATION_ROOT = env.text("APPLICATION_ROOT", "/")
+        self.PREFERRED_URL_SCHEME = env.text("PREFERRED_URL_SCHEME", "http")
 
         # Relative SQLite paths are resolved inside the instance folder by Flask-SQLAlchemy.
-        self.SQLALCHEMY_DATABASE_URI = database_url(get("DATABASE_URL"), "sqlite:///microblog.db")
+        self.SQLALCHEMY_DATABASE_URI = database_url(env.text("DATABASE_URL"), "sqlite:///microblog.db")
         self.SQLALCHEMY_ENGINE_OPTIONS: dict = {}
-        self.SQLITE_BUSY_TIMEOUT_MS = _int("SQLITE_BUSY_TIMEOUT_MS", get("SQLITE_BUSY_TIMEOUT_MS"), 15000)
+        self.SQLITE_BUSY_TIMEOUT_MS = env.int("SQLITE_BUSY_TIMEOUT_MS", 15000)
 
         self.EMBEDDED_REDIS_SOCKET = str(instance / "redis.sock")
-        self.REDIS_URL = get("REDIS_URL") or redis_socket_url(Path(self.EMBEDDED_REDIS_SOCKET))
-        self.CELERY_BROKER_URL = get("CELERY_BROKER_URL") or self.REDIS_URL
-        self.CELERY_RESULT_BACKEND = get("CELERY_RESULT_BACKEND") or self.REDIS_URL
+        self.REDIS_URL = env.text("REDIS_URL", redis_socket_url(Path(self.EMBEDDED_REDIS_SOCKET)))
+        self.CELERY_BROKER_URL = env.text("CELERY_BROKER_URL", self.REDIS_URL)
+        self.CELERY_RESULT_BACKEND = env.text("CELERY_RESULT_BACKEND", self.REDIS_URL)
         # Seconds before Redis hands an unacknowledged task to another worker: above the
         # task time limit and the longest countdown, or a slow task could run twice.
-        self.BROKER_VISIBILITY_TIMEOUT = _int(
-            "BROKER_VISIBILITY_TIMEOUT", get("BROKER_VISIBILITY_TIMEOUT"), 7200
-        )
-        self.CELERY_TASK_TIME_LIMIT = _int("CELERY_TASK_TIME_LIMIT", get("CELERY_TASK_TIME_LIMIT"), 3600)
-        self.CELERY_TASK_SOFT_TIME_LIMIT = _int(
-            "CELERY_TASK_SOFT_TIME_LIMIT", get("CELERY_TASK_SOFT_TIME_LIMIT"), 3300
-        )
+        self.BROKER_VISIBILITY_TIMEOUT = env.int("BROKER_VISIBILITY_TIMEOUT", 7200)
+        self.CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", 3600)
+        self.CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", 3300)
         # What Flask-Celery-Request carries to the worker; unset means the safe defaults
         # its README documents. A context older than MAX_AGE is refused, so it must stay
         # above the longest countdown and outbox re-send delay in use.
-        self.CELERY_CONTEXT_MAX_BYTES = _int(
-            "CELERY_CONTEXT_MAX_BYTES", get("CELERY_CONTEXT_MAX_BYTES"), 64 * 1024
-        )
-        self.CELERY_CONTEXT_MAX_AGE = _int("CELERY_CONTEXT_MAX_AGE", get("CELERY_CONTEXT_MAX_AGE"), 7 * 24 * 3600)
-        if get("CELERY_CONTEXT_DROP_HEADERS") is not None:
-            self.CELERY_CONTEXT_DROP_HEADERS = _list(get("CELERY_CONTEXT_DROP_HEADERS")) or []
-        if get("CELERY_CONTEXT_SENSITIVE_PATTERN") is not None:
-            self.CELERY_CONTEXT_SENSITIVE_PATTERN = get("CELERY_CONTEXT_SENSITIVE_PATTERN")
+        self.CELERY_CONTEXT_MAX_BYTES = env.int("CELERY_CONTEXT_MAX_BYTES", 64 * 1024)
+        self.CELERY_CONTEXT_MAX_AGE = env.int("CELERY_CONTEXT_MAX_AGE", 7 * 24 * 3600)
+        if env.is_set("CELERY_CONTEXT_DROP_HEADERS"):
+            self.CELERY_CONTEXT_DROP_HEADERS = env.list("CELERY_CONTEXT_DROP_HEADERS") or []
+        if env.is_set("CELERY_CONTEXT_SENSITIVE_PATTERN"):
+            self.CELERY_CONTEXT_SENSITIVE_PATTERN = env.environ["CELERY_CONTEXT_SENSITIVE_PATTERN"]
         #: Extra Celery settings (lower-case Celery names), merged last.
         self.CELERY: dict = {}
 
-        self.MAIL_SERVER = get("MAIL_SERVER") or "127.0.0.1"
+        self.MAIL_SERVER = env.text("MAIL_SERVER", "127.0.0.1")
         # Without MAIL_SERVER, mail goes to the local sink `make run` starts.
-        self.MAIL_PORT = _int("MAIL_PORT", get("MAIL_PORT"), 25 if get("MAIL_SERVER") else 8025)
-        self.MAIL_USE_TLS = _bool("MAIL_USE_TLS", get("MAIL_USE_TLS"))
-        self.MAIL_USE_SSL = _bool("MAIL_USE_SSL", get("MAIL_USE_SSL"))
-        self.MAIL_USERNAME = get("MAIL_USERNAME") or None
-        self.MAIL_PASSWORD = get("MAIL_PASSWORD") or None
-        self.MAIL_DEFAULT_SENDER = get("MAIL_DEFAULT_SENDER") or "Microblog <noreply@microblog.localhost>"
-        self.MAIL_SINK_DIR = get("MAIL_SINK_DIR") or str(instance / "mail")
+        self.MAIL_PORT = env.int("MAIL_PORT", 25 if env.text("MAIL_SERVER") else 8025)
+        self.MAIL_USE_TLS = env.bool("MAIL_USE_TLS")
+        self.MAIL_USE_SSL = env.bool("MAIL_USE_SSL")
+        self.MAIL_USERNAME = env.text("MAIL_USERNAME")
+        self.MAIL_PASSWORD = env.text("MAIL_PASSWORD")
+        self.MAIL_DEFAULT_SENDER = env.text("MAIL_DEFAULT_SENDER", "Microblog <noreply@microblog.localhost>")
+        self.MAIL_SINK_DIR = env.text("MAIL_SINK_DIR", str(instance / "mail"))
         # Flask-Mail would suppress sending whenever TESTING is on; tests use a real server.
-        self.MAIL_SUPPRESS_SEND = _bool("MAIL_SUPPRESS_SEND", get("MAIL_SUPPRESS_SEND"))
+        self.MAIL_SUPPRESS_SEND = env.bool("MAIL_SUPPRESS_SEND")
 
-        self.WELCOME_EMAIL_DELAY = _int("WELCOME_EMAIL_DELAY", get("WELCOME_EMAIL_DELAY"), 60)
+        self.WELCOME_EMAIL_DELAY = env.int("WELCOME_EMAIL_DELAY", 60)
         # Transient SMTP errors are retried: attempts in all, and the backoff's base and cap (s).
-        self.MAIL_RETRY_ATTEMPTS = _int("MAIL_RETRY_ATTEMPTS", get("MAIL_RETRY_ATTEMPTS"), 6)
-        self.MAIL_RETRY_BACKOFF = _float("MAIL_RETRY_BACKOFF", get("MAIL_RETRY_BACKOFF"), 30.0)
-        self.MAIL_RETRY_BACKOFF_MAX = _float("MAIL_RETRY_BACKOFF_MAX", get("MAIL_RETRY_BACKOFF_MAX"), 1800.0)
-        self.EXPORTS_DIR = get("EXPORTS_DIR") or str(instance / "exports")
-        self.EXPORT_RETENTION_DAYS = _int("EXPORT_RETENTION_DAYS", get("EXPORT_RETENTION_DAYS"), 7)
+        self.MAIL_RETRY_ATTEMPTS = env.int("MAIL_RETRY_ATTEMPTS", 6)
+        self.MAIL_RETRY_BACKOFF = env.float("MAIL_RETRY_BACKOFF", 30.0)
+        self.MAIL_RETRY_BACKOFF_MAX = env.float("MAIL_RETRY_BACKOFF_MAX", 1800.0)
+        self.EXPORTS_DIR = env.text("EXPORTS_DIR", str(instance / "exports"))
+        self.EXPORT_RETENTION_DAYS = env.int("EXPORT_RETENTION_DAYS", 7)
         # celery beat's periods (seconds): the export cleanup, and re-sending emails whose
         # enqueue failed.
-        self.EXPORT_CLEANUP_INTERVAL = _float("EXPORT_CLEANUP_INTERVAL", get("EXPORT_CLEANUP_INTERVAL"), 3600.0)
-        self.EMAIL_REQUEUE_INTERVAL = _float("EMAIL_REQUEUE_INTERVAL", get("EMAIL_REQUEUE_INTERVAL"), 300.0)
-        self.MAIL_MAX_ATTACHMENT_BYTES = _int(
-            "MAIL_MAX_ATTACHMENT_BYTES", get("MAIL_MAX_ATTACHMENT_BYTES"), 5 * 1024 * 1024
-        )
-        self.POSTS_PER_PAGE = _int("POSTS_PER_PAGE", get("POSTS_PER_PAGE"), 25)
+        self.EXPORT_CLEANUP_INTERVAL = env.float("EXPORT_CLEANUP_INTERVAL", 3600.0)
+        self.EMAIL_REQUEUE_INTERVAL = env.float("EMAIL_REQUEUE_INTERVAL", 300.0)
+        self.MAIL_MAX_ATTACHMENT_BYTES = env.int("MAIL_MAX_ATTACHMENT_BYTES", 5 * 1024 * 1024)
+        self.POSTS_PER_PAGE = env.int("POSTS_PER_PAGE", 25)
         #: How often the progress bars ask the server for news.
-        self.TASK_POLL_INTERVAL_MS = _int("TASK_POLL_INTERVAL_MS", get("TASK_POLL_INTERVAL_MS"), 1000)
+        self.TASK_POLL_INTERVAL_MS = env.int("TASK_POLL_INTERVAL_MS", 1000)
 
         self.WTF_CSRF_ENABLED = True
         self.SESSION_COOKIE_HTTPONLY = True
@@ -167,11 +170,11 @@ class TestingConfig(Config):
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         super().__init__(environ)
-        env = os.environ if environ is None else environ
-        self.SQLALCHEMY_DATABASE_URI = database_url(env.get("DATABASE_URL"), "sqlite://")
+        env = Environment(environ)
+        self.SQLALCHEMY_DATABASE_URI = database_url(env.text("DATABASE_URL"), "sqlite://")
         # Cheap hashing keeps the suite fast; production keeps werkzeug's default.
         self.PASSWORD_HASH_METHOD = "pbkdf2:sha256:1000"
-        self.WELCOME_EMAIL_DELAY = _int("WELCOME_EMAIL_DELAY", env.get("WELCOME_EMAIL_DELAY"), 0)
+        self.WELCOME_EMAIL_DELAY = env.int("WELCOME_EMAIL_DELAY", 0)
 
 
 class ProductionConfig(Config):
@@ -189,8 +192,7 @@ class ProductionConfig(Config):
             )
         self.SESSION_COOKIE_SECURE = True
         self.REMEMBER_COOKIE_SECURE = True
-        env = os.environ if environ is None else environ
-        self.PREFERRED_URL_SCHEME = env.get("PREFERRED_URL_SCHEME") or "https"
+        self.PREFERRED_URL_SCHEME = Environment(environ).text("PREFERRED_URL_SCHEME", "https")
 
 
 CONFIGS: dict[str, type[Config]] = {
