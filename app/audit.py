@@ -30,7 +30,7 @@ def write_audit_events(response: Response) -> Response:
         return response
     task = current_task._get_current_object()
     user_id = current_user.id if current_user.is_authenticated else None
-    db.session.commit()  # a fresh write transaction (see launch_task) for the inserts
+    db.session.commit()  # a fresh write transaction (see app.jobs.launch_task) for the inserts
     for action, detail in events:
         db.session.add(AuditEvent(
             user_id=user_id,

@@ -14,7 +14,7 @@ no-op
     one carries and replays its request), each sent from inside a fresh request
     context; tasks per second from the first send to the last result.
 export
-    one ``export_posts`` per user (``app.models.launch_task``, from inside a request
+    one ``export_posts`` per user (``app.jobs.launch_task``, from inside a request
     context), in rounds; exports and posts per second from the first launch until
     every Task row is SUCCESS (the database is polled). Emails are suppressed
     (MAIL_SUPPRESS_SEND=1), the export files and Task rows are real.
@@ -169,7 +169,8 @@ def export_round(flask_app, worker: Worker, user_ids: list[int]) -> float:
     import sqlalchemy as sa
 
     from app.extensions import db
-    from app.models import Task, TaskState, User, launch_task
+    from app.jobs import launch_task
+    from app.models import Task, TaskState, User
     from app.tasks import export_posts
 
     task_ids = []

@@ -34,7 +34,9 @@ def test_ping_result_reaches_the_result_backend(live_app):
         user = User(username="bob", email="bob@example.com")
         db.session.add(user)
         db.session.commit()
-        task = user.launch_task(ping, "Ping the worker")
+        from app.jobs import launch_task
+
+        task = launch_task(user, ping, "Ping the worker")
         from celery.result import AsyncResult
 
         assert AsyncResult(task.id).get(timeout=30) == "pong"

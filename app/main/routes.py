@@ -8,7 +8,8 @@ from app.extensions import db
 from app.errors.handlers import wants_json
 from app.main import bp
 from app.main.forms import EmptyForm, PostForm
-from app.models import AuditEvent, Post, Task, TaskAlreadyRunning, TaskNotStarted, User
+from app.jobs import TaskAlreadyRunning, TaskNotStarted, launch_task
+from app.models import AuditEvent, Post, Task, User
 from app.tasks import export_posts as export_posts_task
 from app.tasks import ping
 
@@ -49,47 +50,47 @@ def user(username: str):
     return render_template("user.html", title=profile.username, user=profile, posts=posts, form=EmptyForm())
 
 
-def _launch(celery_task, description: str, *args, back: str):
-    """Start a tracked task for the current user (CSRFProtect has checked the POST);
-    flash what happened and go ``back``."""
-    try:
-        task = current_user.launch_task(celery_task, description, *args)
-    except TaskAlreadyRunning as exc:
-        return _refused(str(exc), "warning", 409, back)
-    except TaskNotStarted as exc:
-        return _refused(f"{exc} Please try again in a moment.", "danger", 503, back)
-    return task
+@bp.errorhandler(TaskAlreadyRunning)
+def _already_running(exc: TaskAlreadyRunning):
+    return _refused(str(exc), "warning", 409)
 
 
-def _refused(message: str, category: str, status: int, back: str):
-    """Browsers go back with a flash message; JSON clients get the status and reason."""
+@bp.errorhandler(TaskNotStarted)
+def _not_started(exc: TaskNotStarted):
+    return _refused(f"{exc} Please try again in a moment.", "danger", 503)
+
+
+def _refused(message: str, category: str, status: int):
+    """Browsers go back to the page of the button with a flash message; JSON clients
+    get the status and reason."""
     if wants_json():
         return jsonify(error=message), status
     flash(message, category)
-    return redirect(back)
+    return redirect(_back())
+
+
+def _back() -> str:
+    if request.endpoint == "main.export_posts":
+        return url_for("main.user", username=current_user.username)
+    return url_for("main.index")
 
 
 @bp.route("/ping", methods=["POST"])
 @login_required
 def send_ping():
     """Send a trivial task to the worker: shows the broker and worker are alive."""
-    outcome = _launch(ping, "Ping the worker", back=url_for("main.index"))
-    if not isinstance(outcome, Task):
-        return outcome
-    flash(f"Ping sent to the worker (task {outcome.id}).", "info")
-    return redirect(url_for("main.index"))
+    task = launch_task(current_user, ping, "Ping the worker")
+    flash(f"Ping sent to the worker (task {task.id}).", "info")
+    return redirect(_back())
 
 
 @bp.route("/export_posts", methods=["POST"])
 @login_required
 def export_posts():
-    back = url_for("main.user", username=current_user.username)
-    outcome = _launch(export_posts_task, "Exporting posts...", current_user.id, back=back)
-    if not isinstance(outcome, Task):
-        return outcome
+    launch_task(current_user, export_posts_task, "Exporting posts...", current_user.id)
     audit.record("export_posts_requested")
     flash("Your export has started. You can keep browsing; we will email you when it is ready.", "info")
-    return redirect(back)
+    return redirect(_back())
 
 
 def _own_task_or_404(task_id: str) -> Task:

@@ -1,0 +1,63 @@
+"""Starting the background jobs a user watches: the Task row first, then the message."""
+from __future__ import annotations
+
+from uuid import uuid4
+
+import sqlalchemy as sa
+from flask import current_app
+
+from app.extensions import db
+from app.models import Task, TaskState, User, utcnow
+
+
+class TaskNotStarted(RuntimeError):
+    """The broker refused or could not be reached: the job was not enqueued."""
+
+
+class TaskAlreadyRunning(RuntimeError):
+    """The user already has an unfinished task of this kind."""
+
+
+def launch_task(user: User, celery_task, description: str, *args) -> Task:
+    """Record a Task row for ``user``, commit it, then enqueue ``celery_task(*args)``.
+
+    Commits the session. Raises :class:`TaskAlreadyRunning` if the user has an
+    unfinished task of this kind (the database enforces it).
+
+    The row is committed before the message is sent, so the worker always finds it;
+    if sending fails the row is marked FAILURE (never left running) and
+    :class:`TaskNotStarted` is raised.
+    """
+    # End any read transaction first: on SQLite a transaction that read, then writes
+    # after another writer committed, fails at once with "database is locked".
+    db.session.commit()
+    row = Task(
+        id=str(uuid4()),
+        name=celery_task.name.rsplit(".", 1)[-1],
+        description=description,
+        user_id=user.id,
+        state=TaskState.PENDING,
+    )
+    db.session.add(row)
+    try:
+        db.session.commit()
+    except sa.exc.IntegrityError:
+        db.session.rollback()
+        running = user.task_in_progress(row.name)
+        if running is None:
+            raise  # not the one-running-task rule: a real integrity problem
+        raise TaskAlreadyRunning(
+            f"Already in progress: {running.description.rstrip('.')} ({running.progress}%). "
+            "Please wait for it to finish."
+        ) from None
+    try:
+        celery_task.apply_async(args=args, task_id=row.id)
+    except Exception as exc:
+        db.session.rollback()
+        row.state = TaskState.FAILURE
+        row.error = "The background service is unavailable; the task was not started."
+        row.finished = utcnow()
+        db.session.commit()
+        current_app.logger.error("Could not enqueue %s for %s: %r", row.name, user, exc)
+        raise TaskNotStarted(row.error) from exc
+    return row
