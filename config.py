@@ -145,6 +145,9 @@ class Config:
         self.MAIL_RETRY_BACKOFF_MAX = env.float("MAIL_RETRY_BACKOFF_MAX", 1800.0)
         self.EXPORTS_DIR = env.text("EXPORTS_DIR", str(instance / "exports"))
         self.EXPORT_RETENTION_DAYS = env.int("EXPORT_RETENTION_DAYS", 7)
+        # A running export's lease on its row: a second run of the same message waits
+        # this long after the first stopped reporting progress before taking over.
+        self.EXPORT_LEASE_SECONDS = env.int("EXPORT_LEASE_SECONDS", 60)
         # celery beat's periods (seconds): the export cleanup, and re-sending emails whose
         # enqueue failed.
         self.EXPORT_CLEANUP_INTERVAL = env.float("EXPORT_CLEANUP_INTERVAL", 3600.0)

@@ -59,7 +59,7 @@ def register_cli(app: Flask) -> None:
     @app.cli.command("mail-failures")
     def mail_failures_command() -> None:
         """List emails we gave up on, newest first, with the reason."""
-        from app.welcome import failed_deliveries
+        from app.outbox import failed_deliveries
 
         failures = failed_deliveries()
         if not failures:

@@ -13,7 +13,9 @@ import sqlalchemy as sa
 from flask import current_app
 
 from app.extensions import db
-from app.models import Post, Task, TaskState, finish_task, utcnow
+from app.jobs import release_lease, renew_lease, take_lease
+from app import outbox
+from app.models import DeliveryStatus, EmailDelivery, Post, Task, TaskState, finish_task, utcnow
 
 EXPORT_TASK_NAME = "export_posts"
 #: JSON string literal for a str, non-ASCII kept as is (the C encoder json.dumps uses).
@@ -100,25 +102,34 @@ def write_posts_export(user_id: int, destination: Path, progress: Callable[[int,
 
 class ProgressReporter:
     """Records progress on the Task row and in Celery's state, at most once per
-    percent and half-second (and always at 100), never once per post."""
+    percent and half-second (and always at 100), never once per post; renews the
+    run's lease on the row with each report, and at least every third of its length."""
 
-    def __init__(self, task_id: str, celery_task=None, min_interval: float = 0.5) -> None:
+    def __init__(self, task_id: str, celery_task=None, min_interval: float = 0.5,
+                 lease: tuple[str, float] | None = None) -> None:
         self.task_id = task_id
         self.celery_task = celery_task
         self.min_interval = min_interval
+        self.lease = lease
         self.percent = -1
+        self.renewed_at = time.monotonic()
         self.reported_at = float("-inf")
         self.reports = 0
 
     def __call__(self, done: int, total: int) -> None:
         percent = 100 if total <= 0 else min(100, done * 100 // total)
-        if percent == self.percent:
-            return
         now = time.monotonic()
-        if percent < 100 and now - self.reported_at < self.min_interval:
+        if percent == self.percent or (percent < 100 and now - self.reported_at < self.min_interval):
+            if self.lease is not None and now - self.renewed_at > self.lease[1] / 3:
+                self._renew_lease()
             return
         self.percent, self.reported_at = percent, now
         self.record(percent)
+
+    def _renew_lease(self) -> None:
+        with db.engine.begin() as connection:
+            renew_lease(connection, self.task_id, *self.lease)
+        self.renewed_at = time.monotonic()
 
     def record(self, percent: int) -> None:
         self.reports += 1
@@ -129,6 +140,9 @@ class ProgressReporter:
                 .where(Task.id == self.task_id, Task.finished.is_(None))
                 .values(progress=percent, state=TaskState.PROGRESS)
             )
+            if self.lease is not None:
+                renew_lease(connection, self.task_id, *self.lease)
+                self.renewed_at = time.monotonic()
         if self.celery_task is not None and self.task_id:
             self.celery_task.update_state(task_id=self.task_id, state=TaskState.PROGRESS,
                                           meta={"progress": percent})
@@ -208,16 +222,27 @@ def send_export_email(user, task: Task, path: Path, count: int) -> bool:
     return attach
 
 
-def run_export(task_id: str, user_id: int, celery_task=None, *, retry_email: bool = False) -> str:
-    """The whole job: write the file, email the user, record it.
+class ExportLeased(Exception):
+    """Another run holds this export's lease (a redelivered message while the first
+    still works, or before its lease has ended): try again in :attr:`retry_in` seconds."""
 
-    Idempotent by the Task row: an export already finished is not written or emailed
-    again, and one whose file is already written (its email failed) only sends the
-    email. Any failure ends the row in FAILURE with a message fit for the user and
-    re-raises, except a transient email failure with ``retry_email``: then the row
-    stays unfinished, says the email is delayed, and the caller retries.
+    def __init__(self, task_id: str, retry_in: float) -> None:
+        super().__init__(f"export {task_id} is leased to another run for {retry_in:.0f} s more")
+        self.retry_in = retry_in
+
+
+def run_export(task_id: str, user_id: int, celery_task=None) -> str:
+    """The whole job: write the file, email the user once, record it.
+
+    Idempotent by the Task row and its email's outbox row: an export already finished
+    is not written or emailed again, one whose file is written only sends the email,
+    and one whose email was claimed is never emailed again. While a run works it holds
+    a lease on the row (``EXPORT_LEASE_SECONDS``, renewed as it reports progress):
+    another run raises :class:`ExportLeased`. Any failure ends the row in FAILURE with
+    a message fit for the user and re-raises, except a transient email failure with
+    attempts left: then the row stays unfinished, says the email is delayed, and
+    :class:`ExportEmailError` says when to retry.
     """
-    from app.email import describe_failure, is_transient
     from app.models import User
 
     task = db.session.get(Task, task_id)
@@ -231,19 +256,24 @@ def run_export(task_id: str, user_id: int, celery_task=None, *, retry_email: boo
     if user is None or task.user_id != user_id:
         finish_task(task_id, error="The account for this export no longer exists.")
         return "no user"
-    if task.state == TaskState.PENDING:
-        task.state = TaskState.STARTED
-    db.session.commit()
+    lease_seconds = float(current_app.config["EXPORT_LEASE_SECONDS"])
+    token = take_lease(task_id, lease_seconds)
+    if not isinstance(token, str):
+        raise ExportLeased(task_id, token)
     try:
-        return _export_and_notify(task_id, user, celery_task)
+        task = db.session.get(Task, task_id)
+        if task.state == TaskState.PENDING:
+            task.state = TaskState.STARTED
+        db.session.commit()
+        return _export_and_notify(task_id, user, celery_task, (token, lease_seconds))
     except ExportEmailError as exc:
         db.session.rollback()
-        if retry_email and exc.__cause__ is not None and is_transient(exc.__cause__):
-            current_app.logger.warning("Export %s: emailing %s failed (%s); will retry",
-                                       task_id, user.email, describe_failure(exc.__cause__))
+        if exc.retry_in is not None:
+            current_app.logger.warning("Export %s: emailing %s failed (%s); will retry in %.0f s",
+                                       task_id, user.email, exc, exc.retry_in)
             _set_error(task_id, EMAIL_DELAYED)
             raise
-        current_app.logger.exception("Export %s for %s: giving up on the email", task_id, user)
+        current_app.logger.error("Export %s for %s: giving up on the email: %s", task_id, user, exc)
         finish_task(task_id, error=_message_for_user(exc))
         raise
     except Exception as exc:
@@ -251,6 +281,9 @@ def run_export(task_id: str, user_id: int, celery_task=None, *, retry_email: boo
         current_app.logger.exception("Export %s for %s failed", task_id, user)
         finish_task(task_id, error=_message_for_user(exc))
         raise
+    finally:
+        db.session.rollback()
+        release_lease(task_id, token)
 
 
 EMAIL_DELAYED = "Your export is ready to download. We could not email you yet and will try again."
@@ -278,7 +311,11 @@ class ExportWriteError(ExportFailed):
 
 
 class ExportEmailError(ExportFailed):
-    pass
+    """The email could not be sent; ``retry_in`` seconds when another attempt is due."""
+
+    def __init__(self, message: str, retry_in: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_in = retry_in
 
 
 def _message_for_user(exc: Exception) -> str:
@@ -290,7 +327,12 @@ def _message_for_user(exc: Exception) -> str:
     return "Something went wrong while exporting your posts. Please try again later."
 
 
-def _export_and_notify(task_id: str, user, celery_task) -> str:
+#: The email that says an export is ready, an outbox row tied to the task.
+EXPORT_EMAIL = "export"
+MAIL_MAY_HAVE_GONE = "the worker stopped while sending this email; it may not have arrived"
+
+
+def _export_and_notify(task_id: str, user, celery_task, lease: tuple[str, float]) -> str:
     from app import audit
 
     name = export_file_name(task_id)
@@ -300,17 +342,58 @@ def _export_and_notify(task_id: str, user, celery_task) -> str:
         count = count_exported_posts(destination)  # written by an earlier attempt
     else:
         try:
-            count = write_posts_export(user.id, destination, ProgressReporter(task_id, celery_task))
+            count = write_posts_export(user.id, destination, ProgressReporter(task_id, celery_task, lease=lease))
         except OSError as exc:
             raise ExportWriteError(f"could not write {destination}: {exc}") from exc
         task = db.session.get(Task, task_id)
         task.result_location = name
         db.session.commit()
+    delivery = _export_delivery(task, user)
+    if delivery.status == DeliveryStatus.SENDING:
+        # This run holds the lease, so the run that claimed the email has died, before
+        # or after the SMTP server took it: never risk a second copy.
+        outbox.finish(delivery.id, DeliveryStatus.FAILED, MAIL_MAY_HAVE_GONE)
+        current_app.logger.error("Export %s: the email to %s was being sent when its worker stopped; "
+                                 "not sending it again", task_id, user.email)
+    elif delivery.status in (DeliveryStatus.PENDING, DeliveryStatus.RETRYING):
+        with db.engine.begin() as connection:
+            renew_lease(connection, task_id, *lease)  # the SMTP conversation may take a while
+        claimed = outbox.claim(delivery.id)
+        if claimed is not None:
+            attached = _send(claimed, user, task, destination, count)
+            audit.record("export_posts", f"{count} posts, {destination.stat().st_size} bytes, "
+                                         f"{'attached' if attached else 'link only'}")
+    elif delivery.status == DeliveryStatus.FAILED:
+        raise ExportEmailError(f"could not email {user.email}: {delivery.last_error}")
+    finish_task(task_id)
+    return name
+
+
+def _export_delivery(task: Task, user) -> EmailDelivery:
+    """The export's email, promised once per task (the unique task_id decides)."""
+    delivery = db.session.scalar(sa.select(EmailDelivery).where(EmailDelivery.task_id == task.id))
+    if delivery is None:
+        delivery = EmailDelivery(kind=EXPORT_EMAIL, user_id=user.id, recipient=user.email, task_id=task.id,
+                                 status=DeliveryStatus.PENDING, attempts=0)
+        db.session.add(delivery)
+        db.session.commit()
+    return delivery
+
+
+def _send(delivery: EmailDelivery, user, task: Task, destination: Path, count: int) -> bool:
+    """Send the claimed email; record the outcome on its row either way."""
+    from app.email import backoff_seconds, describe_failure, is_transient
+
     try:
         attached = send_export_email(user, task, destination, count)
     except Exception as exc:
-        raise ExportEmailError(f"could not email {user.email}: {exc}") from exc
-    audit.record("export_posts", f"{count} posts, {destination.stat().st_size} bytes, "
-                                 f"{'attached' if attached else 'link only'}")
-    finish_task(task_id)
-    return name
+        db.session.rollback()
+        reason = describe_failure(exc)
+        config = current_app.config
+        retry = is_transient(exc) and delivery.attempts < config["MAIL_RETRY_ATTEMPTS"]
+        outbox.record_failure(delivery.id, reason, final=not retry)
+        retry_in = backoff_seconds(delivery.attempts - 1, config["MAIL_RETRY_BACKOFF"],
+                                   config["MAIL_RETRY_BACKOFF_MAX"]) if retry else None
+        raise ExportEmailError(f"could not email {user.email}: {reason}", retry_in) from exc
+    outbox.finish(delivery.id, DeliveryStatus.SENT)
+    return attached

@@ -1,6 +1,7 @@
 """Starting the background jobs a user watches: the Task row first, then the message."""
 from __future__ import annotations
 
+from datetime import timedelta
 from uuid import uuid4
 
 import sqlalchemy as sa
@@ -61,3 +62,35 @@ def launch_task(user: User, celery_task, description: str, *args) -> Task:
         current_app.logger.error("Could not enqueue %s for %s: %r", row.name, user, exc)
         raise TaskNotStarted(row.error) from exc
     return row
+
+
+def take_lease(task_id: str, seconds: float) -> str | float:
+    """Take the lease on an unfinished task's row for ``seconds``: the new owner's token,
+    or, when another run holds it, the seconds until its lease ends."""
+    db.session.commit()  # a fresh write transaction (see launch_task)
+    token, now = uuid4().hex, utcnow()
+    taken = db.session.execute(
+        sa.update(Task)
+        .where(Task.id == task_id, Task.finished.is_(None),
+               sa.or_(Task.lease_expires.is_(None), Task.lease_expires <= now))
+        .values(lease_owner=token, lease_expires=now + timedelta(seconds=seconds))
+    ).rowcount
+    db.session.commit()
+    if taken:
+        return token
+    row = db.session.get(Task, task_id)
+    if row is None or row.lease_expires is None:
+        return 0.0
+    return max(0.0, (row.lease_expires - now).total_seconds())
+
+
+def renew_lease(connection: sa.Connection, task_id: str, token: str, seconds: float) -> None:
+    """Extend this run's lease, on ``connection`` (the progress reports' own)."""
+    connection.execute(sa.update(Task).where(Task.id == task_id, Task.lease_owner == token)
+                       .values(lease_expires=utcnow() + timedelta(seconds=seconds)))
+
+
+def release_lease(task_id: str, token: str) -> None:
+    db.session.execute(sa.update(Task).where(Task.id == task_id, Task.lease_owner == token)
+                       .values(lease_owner=None, lease_expires=None))
+    db.session.commit()

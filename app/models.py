@@ -123,6 +123,10 @@ class Task(db.Model):
     created: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
     finished: so.Mapped[datetime | None] = so.mapped_column(UTCDateTime)
     result_location: so.Mapped[str | None] = so.mapped_column(sa.String(512))
+    #: The run working on the task, and until when: another run of the same message (a
+    #: redelivery) stands back while the lease holds, and takes over once it has ended.
+    lease_owner: so.Mapped[str | None] = so.mapped_column(sa.String(32))
+    lease_expires: so.Mapped[datetime | None] = so.mapped_column(UTCDateTime)
 
     user: so.Mapped[User] = so.relationship(back_populates="tasks")
 
@@ -192,12 +196,18 @@ class EmailDelivery(db.Model):
     last_error: so.Mapped[str | None] = so.mapped_column(sa.Text)
     #: The sealed request context of the request that caused it, for re-sends.
     request_context: so.Mapped[str | None] = so.mapped_column(sa.Text)
+    #: The job whose result this email announces (an export): one email per job.
+    task_id: so.Mapped[str | None] = so.mapped_column(
+        sa.ForeignKey("task.id", ondelete="SET NULL", name="fk_email_delivery_task_id"))
     created: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
     updated: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     sent_at: so.Mapped[datetime | None] = so.mapped_column(UTCDateTime)
 
-    # Ids are never reused, so a late message for a deleted delivery cannot claim a new one.
-    __table_args__ = {"sqlite_autoincrement": True}
+    __table_args__ = (
+        sa.UniqueConstraint("task_id", name="uq_email_delivery_task_id"),
+        # Ids are never reused, so a late message for a deleted delivery cannot claim a new one.
+        {"sqlite_autoincrement": True},
+    )
 
     def __repr__(self) -> str:
         return f"<EmailDelivery {self.id} {self.kind} to {self.recipient} {self.status}>"

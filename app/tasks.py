@@ -4,6 +4,7 @@ from __future__ import annotations
 from celery.signals import task_failure
 from flask_celery_request import ContextRefused
 
+from app import outbox, welcome
 from app.extensions import celery, db
 from app.models import finish_task
 
@@ -23,21 +24,18 @@ def export_posts(self, user_id: int) -> str:
     """Export a user's posts to a file and email them the links (runs in their request).
 
     A transient SMTP failure keeps the file and retries the email with backoff, up to
-    MAIL_RETRY_ATTEMPTS in all; then the export ends in FAILURE, still downloadable."""
-    from flask import current_app
+    MAIL_RETRY_ATTEMPTS in all; then the export ends in FAILURE, still downloadable.
+    A copy of the message that finds another run working on the export retries once
+    that run's lease has ended, and then finds it done, or takes it over."""
+    from app.exports import ExportEmailError, ExportLeased, run_export
 
-    from app.email import backoff_seconds, is_transient
-    from app.exports import ExportEmailError, run_export
-
-    config = current_app.config
-    may_retry = self.request.retries + 1 < config["MAIL_RETRY_ATTEMPTS"]
     try:
-        return run_export(self.request.id, user_id, celery_task=self, retry_email=may_retry)
+        return run_export(self.request.id, user_id, celery_task=self)
+    except ExportLeased as exc:
+        raise self.retry(exc=exc, countdown=exc.retry_in + 1)
     except ExportEmailError as exc:
-        if may_retry and exc.__cause__ is not None and is_transient(exc.__cause__):
-            countdown = backoff_seconds(self.request.retries, config["MAIL_RETRY_BACKOFF"],
-                                        config["MAIL_RETRY_BACKOFF_MAX"])
-            raise self.retry(exc=exc, countdown=countdown)
+        if exc.retry_in is not None:
+            raise self.retry(exc=exc, countdown=exc.retry_in)
         raise
 
 
@@ -57,10 +55,9 @@ def send_welcome_email(self, delivery_id: int) -> str:
     backoff on transient SMTP errors up to MAIL_RETRY_ATTEMPTS, recorded when it fails."""
     from flask import current_app
 
-    from app import welcome
     from app.email import backoff_seconds, describe_failure, is_transient
 
-    delivery = welcome.claim(delivery_id)
+    delivery = outbox.claim(delivery_id)
     if delivery is None:
         return "not pending"
     try:
@@ -70,11 +67,11 @@ def send_welcome_email(self, delivery_id: int) -> str:
         reason = describe_failure(exc)
         config = current_app.config
         if is_transient(exc) and delivery.attempts < config["MAIL_RETRY_ATTEMPTS"]:
-            welcome.record_failure(delivery_id, reason, final=False)
+            outbox.record_failure(delivery_id, reason, final=False)
             countdown = backoff_seconds(delivery.attempts - 1, config["MAIL_RETRY_BACKOFF"],
                                         config["MAIL_RETRY_BACKOFF_MAX"])
             raise self.retry(exc=exc, countdown=countdown)
-        welcome.record_failure(delivery_id, reason, final=True)
+        outbox.record_failure(delivery_id, reason, final=True)
         return f"failed: {reason}"
     return "sent" if sent else "skipped: the user was deleted"
 
@@ -82,9 +79,7 @@ def send_welcome_email(self, delivery_id: int) -> str:
 @celery.task
 def requeue_stalled_emails() -> int:
     """Re-send welcome emails whose enqueue failed (celery beat runs this every 5 minutes)."""
-    from app.welcome import requeue_stalled_deliveries
-
-    return requeue_stalled_deliveries()
+    return welcome.requeue_stalled_deliveries()
 
 
 @task_failure.connect
@@ -94,8 +89,6 @@ def _after_a_refused_context(sender=None, task_id=None, exception=None, args=Non
     forgets the context and stays pending, for the next re-send, so it is not lost."""
     if not isinstance(exception, ContextRefused) or celery.flask_app is None:
         return
-    from app import welcome
-
     with celery.flask_app.app_context():
         if getattr(sender, "name", None) == send_welcome_email.name and args:
             welcome.forget_request_context(args[0])

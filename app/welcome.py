@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from flask import current_app, has_request_context, render_template, url_for
 from flask_celery_request import CONTEXT_HEADER, current_context
 
+from app import outbox
 from app.email import send_email
 from app.extensions import db
 from app.models import DeliveryStatus, EmailDelivery, User, utcnow
@@ -99,23 +100,11 @@ def requeue_stalled_deliveries(grace: timedelta = timedelta(minutes=10)) -> int:
     return sum(enqueue(delivery_id, token, countdown=0) for delivery_id, token in stalled)
 
 
-def claim(delivery_id: int) -> EmailDelivery | None:
-    """Atomically take a pending (or retrying) delivery; None if another run has it."""
-    claimed = db.session.execute(
-        sa.update(EmailDelivery)
-        .where(EmailDelivery.id == delivery_id,
-               EmailDelivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.RETRYING]))
-        .values(status=DeliveryStatus.SENDING, attempts=EmailDelivery.attempts + 1, updated=utcnow())
-    ).rowcount
-    db.session.commit()
-    return db.session.get(EmailDelivery, delivery_id) if claimed == 1 else None
-
-
 def send_welcome(delivery: EmailDelivery) -> bool:
     """Render and send the email; False if there is nobody to send it to any more."""
     user = db.session.get(User, delivery.user_id) if delivery.user_id is not None else None
     if user is None:
-        _finish(delivery.id, DeliveryStatus.SKIPPED, "the user was deleted before the email was sent")
+        outbox.finish(delivery.id, DeliveryStatus.SKIPPED, "the user was deleted before the email was sent")
         return False
     context = dict(
         user=user,
@@ -125,30 +114,5 @@ def send_welcome(delivery: EmailDelivery) -> bool:
     send_email("[Microblog] Welcome to Microblog!", [user.email],
                render_template("email/welcome.txt", **context),
                render_template("email/welcome.html", **context))
-    _finish(delivery.id, DeliveryStatus.SENT, None, sent_at=utcnow())
+    outbox.finish(delivery.id, DeliveryStatus.SENT)
     return True
-
-
-def _finish(delivery_id: int, status: str, reason: str | None, **values) -> None:
-    """Leave the SENDING state this run claimed; a row no longer ours is left alone."""
-    db.session.execute(
-        sa.update(EmailDelivery)
-        .where(EmailDelivery.id == delivery_id, EmailDelivery.status == DeliveryStatus.SENDING)
-        .values(status=status, last_error=reason, updated=utcnow(), **values)
-    )
-    db.session.commit()
-
-
-def record_failure(delivery_id: int, reason: str, *, final: bool) -> None:
-    _finish(delivery_id, DeliveryStatus.FAILED if final else DeliveryStatus.RETRYING, reason)
-    delivery = db.session.get(EmailDelivery, delivery_id)
-    if final and delivery is not None:
-        current_app.logger.error("Giving up on %s email %s to %s after %d attempt(s): %s",
-                                 delivery.kind, delivery.id, delivery.recipient, delivery.attempts, reason)
-
-
-def failed_deliveries() -> list[EmailDelivery]:
-    return list(db.session.scalars(
-        sa.select(EmailDelivery).where(EmailDelivery.status == DeliveryStatus.FAILED)
-        .order_by(EmailDelivery.updated.desc())
-    ))
