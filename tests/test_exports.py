@@ -838,3 +838,44 @@ def test_the_audit_hook_logs_instead_of_failing_when_the_user_is_gone(app, caplo
     assert "Could not write audit events ['export_posts']" in caplog.text
     with app.app_context():
         assert db.session.scalar(sa.select(sa.func.count(AuditEvent.id))) == 0
+
+
+# --- 6. the lease on a running export ----------------------------------------------------
+
+
+def test_a_run_that_finds_the_export_leased_stands_back_until_the_lease_ends(app, mail_sink):
+    from app.exports import ExportLeased
+    from app.jobs import release_lease, take_lease
+
+    with app.app_context():
+        ann = add_user("ann")
+        add_posts(ann, ("a post", utcnow()))
+        task_id = add_task(ann)
+        first = take_lease(task_id, 30)  # another run is at work
+        assert isinstance(first, str)
+        assert 29 <= take_lease(task_id, 30) <= 30  # a second one may not take it
+
+    with pytest.raises(ExportLeased) as refused:
+        export_in_request(app, task_id, ann)
+    assert 29 <= refused.value.retry_in <= 30
+    assert mail_sink.messages == []
+    with app.app_context():
+        assert fresh_task(task_id).finished is None  # left to the run that holds it
+        release_lease(task_id, first)
+
+    assert export_in_request(app, task_id, ann) == export_file_name(task_id)
+    mail_sink.wait_for(1)
+    with app.app_context():
+        row = fresh_task(task_id)
+        assert row.state == TaskState.SUCCESS and row.lease_owner is None and row.lease_expires is None
+
+
+def test_an_expired_lease_is_taken_over(app, mail_sink):
+    from app.jobs import take_lease
+
+    with app.app_context():
+        ann = add_user("ann")
+        task_id = add_task(ann)
+        assert isinstance(take_lease(task_id, -1), str)  # a run that died, its lease already over
+    assert export_in_request(app, task_id, ann) == export_file_name(task_id)
+    mail_sink.wait_for(1)
