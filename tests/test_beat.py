@@ -2,10 +2,10 @@
 
 A real ``celery beat`` process with short periods (EXPORT_CLEANUP_INTERVAL,
 EMAIL_REQUEUE_INTERVAL) sends the periodic tasks to a real worker of this module's
-own (Redis DB 10, the live database). Tasks started by beat have no request: their
-links come from SERVER_NAME and PREFERRED_URL_SCHEME, while an email whose request
-was recorded is built in that request (here its https scheme; with SERVER_NAME set,
-Flask puts every external link on SERVER_NAME, in views and tasks alike).
+own (on a Redis database of its own and the live database). Tasks started by beat
+have no request: their links come from SERVER_NAME and PREFERRED_URL_SCHEME, while an
+email whose request was recorded is built in that request (here its https scheme; with
+SERVER_NAME set, Flask puts every external link on SERVER_NAME, in views and tasks alike).
 """
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ from tests.support.services import BeatProcess, wait_until
 from tests.support.stacks import MailControlledStack
 from tests.test_welcome import SUBJECT, _links
 
-BEAT_REDIS_DB = 10
 SERVER_NAME = "beat.example.org"
 #: Nothing listens there: an enqueue fails fast, as when the broker is down.
 DEAD_BROKER = "redis://127.0.0.1:1/0"
@@ -33,7 +32,7 @@ DEAD_BROKER = "redis://127.0.0.1:1/0"
 def beat_stack(live_stack, redis_service, tmp_path_factory):
     directory = tmp_path_factory.mktemp("beat")
     stack = MailControlledStack(
-        live_stack.environ, redis_service, BEAT_REDIS_DB, directory,
+        live_stack.environ, redis_service, directory,
         SERVER_NAME=SERVER_NAME, PREFERRED_URL_SCHEME="http",
         EXPORT_CLEANUP_INTERVAL="0.5", EMAIL_REQUEUE_INTERVAL="0.5",
         EXPORTS_DIR=str(directory / "exports"),

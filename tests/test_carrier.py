@@ -23,7 +23,6 @@ from flask_login import UserMixin, login_user
 from app import create_app
 from app.extensions import celery, csrf
 from config import TestingConfig
-from tests.conftest import UNIT_REDIS_DB
 
 
 @celery.task(bind=True)
@@ -317,7 +316,7 @@ def test_huge_headers_are_dropped_next_and_a_huge_path_sends_no_context(app_envi
         connection.default_channel.client.delete("unused-queue-for-size-test")
 
 
-def test_untrusted_host_is_refused_before_anything_is_enqueued(app_environ, redis_service):
+def test_untrusted_host_is_refused_before_anything_is_enqueued(app_environ, redis_service, unit_redis_db):
     app = make_app(app_environ, TRUSTED_HOSTS=["blog.example.org"])
     sent = []
 
@@ -328,7 +327,7 @@ def test_untrusted_host_is_refused_before_anything_is_enqueued(app_environ, redi
 
     app.add_url_rule("/enqueue", view_func=enqueue, methods=["POST"])
     client = app.test_client()
-    queue = redis_service.client(db=UNIT_REDIS_DB)
+    queue = redis_service.client(db=unit_redis_db)
     queue.delete("trusted-hosts-test")
     try:
         refused = client.post("/enqueue", base_url="https://evil.example/")

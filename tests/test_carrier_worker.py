@@ -345,10 +345,9 @@ def _envelope_bodies(document) -> list[str]:
 
 
 def _everything_in_redis(redis_service) -> dict[str, str]:
-    """Every key of every database, whatever its type, as readable text."""
-    databases = int(redis_service.client().config_get("databases")["databases"])
+    """Every key of every database, whatever its type, as readable text, by ``"<db>:<key>"``."""
     dump = {}
-    for number in range(databases):
+    for number in range(redis_service.databases):
         client = redis_service.client(db=number)
         for key in client.scan_iter(count=1000):
             kind = client.type(key).decode()
@@ -423,24 +422,27 @@ def test_nothing_of_the_request_is_readable_in_redis_or_the_worker_log(probe_app
     assert all(live["host"] == v["host"] + ".example" for live in lives)
 
     # The first task is held by the worker, unacknowledged; the others wait in its queue.
+    live = redis_service.client(live_stack.redis_db)
+    number = live_stack.redis_db
+
     def held() -> bool:  # its arguments are in the message body: the dump decodes bodies too
-        return any(str(described[0]) in _readable(value) for value in redis_service.client().hvals("unacked"))
+        return any(str(described[0]) in _readable(value) for value in live.hvals("unacked"))
 
     wait_until(held, TIMEOUT, message="the worker to hold the first task unacknowledged")
     while_held = _everything_in_redis(redis_service)
-    assert CONTEXT_HEADER in while_held["0:unacked"] and "fcr1." in while_held["0:unacked"]
-    assert redis_service.client().llen(parked) == 3 and "fcr1." in while_held[f"0:{parked}"]
+    assert CONTEXT_HEADER in while_held[f"{number}:unacked"] and "fcr1." in while_held[f"{number}:unacked"]
+    assert live.llen(parked) == 3 and "fcr1." in while_held[f"{number}:{parked}"]
     try:
         release.touch()
         assert [result.get(timeout=TIMEOUT) for result in results] == ["described"] * 3
         after = _everything_in_redis(redis_service)
-        assert any(key.startswith("0:celery-task-meta-") for key in after)
+        assert any(key.startswith(f"{number}:celery-task-meta-") for key in after)
         for when, dump in (("while held", while_held), ("after the results", after)):
             leaks = {key: _leaks(text) for key, text in dump.items() if _leaks(text)}
             assert leaks == {}, when
         assert _leaks(live_stack.worker.log()) == []
     finally:
-        redis_service.client().delete(parked)
+        live.delete(parked)
 
     # The worker did see the request: every field the scrubber keeps, and no credential.
     seen = [json.loads(out.read_text()) for out in described]

@@ -19,7 +19,6 @@ from tests.support.probe_tasks import returns
 from tests.support.services import BIN, ROOT, WorkerProcess, _die_with_parent, wait_until
 from tests.support.stacks import free_port
 
-FLOWER_REDIS_DB = 6
 SECRET = "flower-must-not-see-this-7f3a"
 
 
@@ -27,12 +26,13 @@ SECRET = "flower-must-not-see-this-7f3a"
 def monitored(live_stack, redis_service, tmp_path_factory):
     """A worker sending task events (-E) and `celery -A celery_worker.celery flower`."""
     directory = tmp_path_factory.mktemp("flower")
-    environ = {**live_stack.environ, "REDIS_URL": redis_service.url_for_db(FLOWER_REDIS_DB)}
+    redis_db = redis_service.fresh_db()
+    environ = {**live_stack.environ, "REDIS_URL": redis_service.url_for_db(redis_db)}
     process_env = {**os.environ, **environ, "FLASK_SKIP_DOTENV": "1", "PYTHONUNBUFFERED": "1",
                    "FLOWER_UNAUTHENTICATED_API": "true"}
     create_app(TestingConfig(environ))
-    worker = WorkerProcess(process_env, directory / "worker.log", "-c", "1", "-E",
-                           "-I", "tests.support.probe_tasks").start(celery)
+    worker = WorkerProcess(process_env, directory / "worker.log", concurrency=1, events=True,
+                           include=["tests.support.probe_tasks"]).start(celery)
     port = free_port()
     log = open(directory / "flower.log", "ab")
     flower = subprocess.Popen(

@@ -14,7 +14,6 @@ from config import TestingConfig
 from tests.conftest import AuthActions, empty_database
 from tests.support.services import WorkerProcess, wait_until
 
-ROUTING_REDIS_DB = 5
 SITE = "https://routing.example/"
 
 
@@ -22,13 +21,14 @@ SITE = "https://routing.example/"
 def routed_workers(live_stack, redis_service, tmp_path_factory):
     """`celery -A celery_worker.celery worker -Q exports` and `... -Q mail`, as deployed."""
     directory = tmp_path_factory.mktemp("routing")
-    environ = {**live_stack.environ, "REDIS_URL": redis_service.url_for_db(ROUTING_REDIS_DB)}
+    redis_db = redis_service.fresh_db()
+    environ = {**live_stack.environ, "REDIS_URL": redis_service.url_for_db(redis_db)}
     process_env = {**os.environ, **environ, "FLASK_SKIP_DOTENV": "1", "PYTHONUNBUFFERED": "1"}
     create_app(TestingConfig(environ))
     workers = {}
     try:
         for queue in ("exports", "mail"):
-            workers[queue] = WorkerProcess(process_env, directory / f"{queue}.log", "-c", "1", "-Q", queue)
+            workers[queue] = WorkerProcess(process_env, directory / f"{queue}.log", concurrency=1, queues=[queue])
             workers[queue].start(celery)
         yield environ, workers
     finally:

@@ -1,9 +1,10 @@
 """End to end: what ``make run`` starts (``flask db upgrade`` then ``python -m devservers.run``).
 
-The embedded Redis (on ``<instance>/redis.sock``), the SMTP sink, a Celery worker and
-the web server come up; a user registers, logs in and pings the worker over real HTTP;
-then one Ctrl-C (SIGINT) stops all of it and leaves no process behind. So do SIGTERM,
-SIGHUP (the terminal closing) and a Ctrl-C while the processes are still starting.
+The embedded Redis (on ``<instance>/redis.sock``), the SMTP sink, and the Procfile's
+Celery worker and web server (gunicorn, on 127.0.0.1 only) come up; a user registers,
+logs in and pings the worker over real HTTP; then one Ctrl-C (SIGINT) stops all of it and
+leaves no process behind. So do SIGTERM, SIGHUP (the terminal closing) and a Ctrl-C while
+the processes are still starting.
 """
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+from honcho.environ import parse_procfile
 
+from devservers.run import PROCFILE, processes, run_environ
 from tests.conftest import csrf_token_in
 from tests.support.services import BIN, ROOT, wait_until
 
@@ -42,9 +45,9 @@ READY_LINES = {
     "redis": "ready to accept connections",
     "mail": "SMTP sink on 127.0.0.1:",
     "worker": " ready.",
-    "web": "Running on http://127.0.0.1:",
+    "web": "Listening at: http://127.0.0.1:",
 }
-PROGRAMS = ("devservers.run", "redis-server", "devservers.smtp_sink", "bin/celery", "bin/flask")
+PROGRAMS = ("devservers.run", "redis-server", "devservers.smtp_sink", "bin/celery", "bin/gunicorn")
 TASK_FLASH = re.compile(r"Ping sent to the worker \(task ([0-9a-f-]{36})\)")
 
 
@@ -211,6 +214,32 @@ def run():
         run.cleanup()
 
 
+def test_the_web_and_worker_command_lines_are_the_procfiles(tmp_path):
+    """``make run`` runs the Procfile's web and worker lines (no copy of them), with the
+    venv first on PATH, the web server on 127.0.0.1 whatever WEB_HOST says, PORT 5000 and
+    two worker processes and no gunicorn control socket unless set."""
+    procfile = parse_procfile(PROCFILE.read_text()).processes
+    environ = run_environ({"PATH": "/usr/bin", "WEB_HOST": "0.0.0.0"})
+    settings = ("WEB_HOST", "PORT", "CELERY_WORKER_CONCURRENCY")
+    assert [environ[name] for name in settings] == ["127.0.0.1", "5000", "2"]
+    assert environ["GUNICORN_CMD_ARGS"] == "--no-control-socket"
+    assert environ["PATH"] == f"{BIN}{os.pathsep}/usr/bin"
+    chosen = run_environ({"PORT": "5123", "CELERY_WORKER_CONCURRENCY": "3"})
+    assert [chosen[name] for name in settings] == ["127.0.0.1", "5123", "3"]
+    commands = processes(environ)
+    assert list(commands) == ["redis", "mail", "worker", "web"]
+    assert (commands["worker"], commands["web"]) == (f"exec {procfile['worker']}", f"exec {procfile['web']}")
+    assert "${WEB_HOST:-0.0.0.0}:${PORT:-8000}" in procfile["web"]  # production binds every interface
+
+    other = tmp_path / "Procfile"
+    other.write_text("# a comment\nweb: serve --here\nworker: work --hard\nrelease: migrate\n")
+    external = {**environ, "REDIS_URL": "redis://redis.example:6379/0", "MAIL_SERVER": "smtp.example"}
+    assert processes(external, other) == {"worker": "exec work --hard", "web": "exec serve --here"}
+    other.write_text("web: serve --here\n")
+    with pytest.raises(SystemExit, match=r"has no worker line"):
+        processes(environ, other)
+
+
 class Browser:
     """A tiny HTTP client with a cookie jar that follows redirects (urllib, no proxies)."""
 
@@ -267,6 +296,13 @@ def test_make_run_serves_the_app_and_one_ctrl_c_stops_everything(run, ctrl_c):
     run.wait_for(login_page_answers, STARTUP_TIMEOUT, f"GET /auth/login on port {run.port}")
     assert (run.instance / "redis.sock").exists()
     assert "Connected to redis+socket://" + str(run.instance / "redis.sock") in run.log()
+    # The Procfile's lines, with make run's settings: this machine only, PORT, -c 2.
+    listening = f"Listening at: http://127.0.0.1:{run.port} "
+    assert any(listening in line for line in prefixed_lines(run.log(), "web")), run.log()
+    servers = [cmdline(pid) for pid in run.pids() if "bin/gunicorn" in cmdline(pid)]
+    assert servers and all(f"--bind 127.0.0.1:{run.port} " in server for server in servers), servers
+    assert any("concurrency: 2 (prefork)" in line for line in prefixed_lines(run.log(), "worker")), run.log()
+    assert "Control socket listening" not in run.log()  # nothing made in ~/.gunicorn
 
     # --- a user registers, logs in and pings the worker ----------------------------------
     password = "correct horse battery"

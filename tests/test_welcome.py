@@ -18,14 +18,13 @@ from tests.support.stacks import MailControlledStack
 
 SITE = "https://welcome.example.org/"
 SUBJECT = "Welcome to Microblog"
-WELCOME_REDIS_DB = 2
 
 
 @pytest.fixture(scope="module")
 def welcome_stack(live_stack, redis_service, tmp_path_factory):
-    """A worker on Redis DB 2 that mails to a port where nothing listens until a test says so."""
-    stack = MailControlledStack(live_stack.environ, redis_service, WELCOME_REDIS_DB,
-                                tmp_path_factory.mktemp("welcome"))
+    """A worker on a Redis database of its own that mails to a port where nothing listens
+    until a test says so."""
+    stack = MailControlledStack(live_stack.environ, redis_service, tmp_path_factory.mktemp("welcome"))
     yield stack
     stack.stop()
 

@@ -1,5 +1,6 @@
 """The PostgreSQL subset: a real server started for this package, the app migrated onto
-it with ``flask db upgrade``, and a real Celery worker using it (Redis logical database 7).
+it with ``flask db upgrade``, and a real Celery worker using it (on a Redis logical
+database of its own).
 
 Never skipped: if the server cannot start, every test here errors with the reason.
 """
@@ -18,12 +19,6 @@ from tests.conftest import LIVE_MAX_ATTACHMENT_BYTES, LiveStack, base_environ, e
 from tests.support.postgres import PostgresServer
 from tests.support.services import WorkerProcess, flask_db, process_environ
 
-#: Redis logical databases of this subset (see tests/conftest.py for the others).
-PG_REDIS_DB = 7
-#: No worker consumes it: exports sent there stay unfinished, which is what a race needs.
-PG_IDLE_REDIS_DB = 9
-
-
 @pytest.fixture(scope="package")
 def postgres_server() -> Iterator[PostgresServer]:
     server = PostgresServer().start()
@@ -36,15 +31,16 @@ def pg_stack(tmp_path_factory, postgres_server, redis_service, smtp_server) -> I
     """A PostgreSQL database built by ``flask db upgrade`` and a worker process using it."""
     directory: Path = tmp_path_factory.mktemp("pg-live")
     url = postgres_server.create_database("live")
-    environ = base_environ(directory, redis_service, smtp_server, url, redis_db=PG_REDIS_DB)
+    redis_db = redis_service.fresh_db()
+    environ = base_environ(directory, redis_service, smtp_server, url, redis_db)
     environ.update(MAIL_MAX_ATTACHMENT_BYTES=str(LIVE_MAX_ATTACHMENT_BYTES),
                    MAIL_RETRY_BACKOFF="0.2", MAIL_RETRY_BACKOFF_MAX="1")
     flask_db(environ, "upgrade")
     create_app(TestingConfig(environ))  # binds the test process's Celery app to this broker
-    worker = WorkerProcess(process_environ(environ), directory / "worker.log", "-c", "1").start(celery)
-    yield LiveStack(directory, environ, worker)
+    worker = WorkerProcess(process_environ(environ), directory / "worker.log", concurrency=1).start(celery)
+    yield LiveStack(directory, environ, worker, redis_db)
     worker.stop()
-    redis_service.client(PG_REDIS_DB).flushdb()  # welcome emails parked for an hour
+    redis_service.client(redis_db).flushdb()  # welcome emails parked for an hour
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from app.extensions import db
 from app.models import Task, User, utcnow
 from config import TestingConfig
 from tests.conftest import empty_database
-from tests.postgres.conftest import PG_IDLE_REDIS_DB
 from tests.reliability.test_concurrency import _create_users, _in_parallel, _log_in
 from tests.support.web import Reply, Server, running_gunicorn
 from tests.test_exports import add_task, add_user
@@ -44,7 +43,8 @@ def test_the_database_allows_one_unfinished_task_per_name_and_user(pg_app):
 def web(pg_stack, redis_service, tmp_path_factory) -> Iterator[Server]:
     """gunicorn, 2 processes x 8 threads, on the PostgreSQL database; its Redis database
     has no worker, so every export it starts stays unfinished."""
-    environ = {**pg_stack.environ, "REDIS_URL": redis_service.url_for_db(PG_IDLE_REDIS_DB),
+    idle_db = redis_service.fresh_db()
+    environ = {**pg_stack.environ, "REDIS_URL": redis_service.url_for_db(idle_db),
                "WELCOME_EMAIL_DELAY": "3600"}
     app = create_app(TestingConfig(environ))
     try:
@@ -54,7 +54,7 @@ def web(pg_stack, redis_service, tmp_path_factory) -> Iterator[Server]:
         empty_database(app)
         with app.app_context():
             db.engine.dispose()
-        redis_service.client(PG_IDLE_REDIS_DB).flushdb()
+        redis_service.client(idle_db).flushdb()
 
 
 def test_simultaneous_export_clicks_start_exactly_one_export_per_user(web):

@@ -11,11 +11,11 @@ APP_TABLES = {"user", "post", "task", "audit_event", "email_delivery"}
 
 
 @pytest.fixture
-def fresh_database(postgres_server: PostgresServer, tmp_path, redis_service, smtp_server):
+def fresh_database(postgres_server: PostgresServer, tmp_path, redis_service, smtp_server, unit_redis_db):
     """An empty database of its own, and the settings that point the app at it."""
     name = f"migrations_{tmp_path.name.lower().replace('-', '_')}"[:60]
     url = postgres_server.create_database(name)
-    return name, base_environ(tmp_path, redis_service, smtp_server, url)
+    return name, base_environ(tmp_path, redis_service, smtp_server, url, unit_redis_db)
 
 
 def _tables(server: PostgresServer, database: str) -> set[str]:

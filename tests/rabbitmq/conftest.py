@@ -12,12 +12,10 @@ import pytest
 from app import create_app
 from app.extensions import celery, db
 from config import TestingConfig
-from tests.conftest import UNIT_REDIS_DB, LiveStack, base_environ, empty_database
+from tests.conftest import LiveStack, base_environ, empty_database
 from tests.support.rabbitmq import RabbitMQServer
 from tests.support.services import WorkerProcess, flask_db, process_environ
 
-#: The result backend's Redis database (0-7 and 12 belong to other stacks).
-RABBIT_RESULT_DB = 8
 #: Virtual hosts: the live stack's, one no worker consumes (to look at waiting
 #: messages), and one for the worker-crash test's own workers.
 LIVE_VHOST, HELD_VHOST, CRASH_VHOST = "microblog", "held", "crash"
@@ -32,7 +30,7 @@ def pytest_terminal_summary(terminalreporter) -> None:
 
 
 @pytest.fixture(scope="package")
-def rabbitmq(tmp_path_factory, redis_service, smtp_server):
+def rabbitmq(tmp_path_factory, redis_service, smtp_server, unit_redis_db):
     """A RabbitMQ node of this run's own; fails (never skips) when it cannot start."""
     previous = celery.flask_app
     server = RabbitMQServer(tmp_path_factory.mktemp("rabbitmq"), vhosts=(LIVE_VHOST, HELD_VHOST, CRASH_VHOST))
@@ -45,7 +43,7 @@ def rabbitmq(tmp_path_factory, redis_service, smtp_server):
     if previous is None:
         directory = tmp_path_factory.mktemp("after-rabbitmq")
         previous = create_app(TestingConfig(base_environ(directory, redis_service, smtp_server, "sqlite://",
-                                                         redis_db=UNIT_REDIS_DB)))
+                                                         unit_redis_db)))
     celery.init_app(previous)
     server.stop()
     _timings["stopped in"] = server.stop_seconds
@@ -58,23 +56,25 @@ def rabbit_environ(live_environ: dict[str, str], server: RabbitMQServer, vhost: 
 
 @pytest.fixture(scope="package")
 def rabbit_stack(rabbitmq, redis_service, smtp_server, tmp_path_factory):
-    """A database built by ``flask db upgrade`` and a worker consuming from RabbitMQ."""
+    """A database built by ``flask db upgrade`` and a worker consuming from RabbitMQ; the
+    results go to a Redis logical database of the stack's own (``redis_db``)."""
     directory = tmp_path_factory.mktemp("rabbit-live")
+    redis_db = redis_service.fresh_db()
     environ = base_environ(directory, redis_service, smtp_server, f"sqlite:///{directory / 'live.db'}",
-                           redis_db=RABBIT_RESULT_DB)
+                           redis_db)
     environ.update({
         "CELERY_BROKER_URL": rabbitmq.url(LIVE_VHOST),
-        "CELERY_RESULT_BACKEND": redis_service.url_for_db(RABBIT_RESULT_DB),
+        "CELERY_RESULT_BACKEND": redis_service.url_for_db(redis_db),
         # A transient SMTP error is retried within a second, through the broker.
         "MAIL_RETRY_BACKOFF": "0.4",
         "MAIL_RETRY_BACKOFF_MAX": "2",
     })
     flask_db(environ, "upgrade")
     create_app(TestingConfig(environ))  # binds the test process's Celery app to RabbitMQ
-    worker = WorkerProcess(process_environ(environ), directory / "worker.log", "-c", "1")
+    worker = WorkerProcess(process_environ(environ), directory / "worker.log", concurrency=1)
     try:
         worker.start(celery)
-        yield LiveStack(directory, environ, worker)
+        yield LiveStack(directory, environ, worker, redis_db)
     finally:
         worker.stop()
 

@@ -14,7 +14,6 @@ import sqlalchemy as sa
 from app.extensions import db
 from app.models import AuditEvent, DeliveryStatus, EmailDelivery, User
 from tests.conftest import AuthActions
-from tests.rabbitmq.conftest import RABBIT_RESULT_DB
 from tests.support.services import wait_until
 from tests.test_export_flow import EXPORT_SUBJECT, _export_task, _links, _poll_until_finished
 
@@ -50,7 +49,7 @@ def test_the_worker_consumes_from_rabbitmq(rabbit_stack, rabbitmq):
     assert f"Connected to {broker}" in rabbit_stack.worker.log()
 
 
-def test_export_from_click_to_email_to_download(rabbit_app, redis_service, mail_sink):
+def test_export_from_click_to_email_to_download(rabbit_app, rabbit_stack, redis_service, mail_sink):
     auth = AuthActions(rabbit_app.test_client(), base_url=SITE)
     auth.signup("ann")
     bodies = ["first post", "second, with \"quotes\" and ✓"]
@@ -83,7 +82,7 @@ def test_export_from_click_to_email_to_download(rabbit_app, redis_service, mail_
     assert event.via_worker and event.task_id == task.id
     assert (event.host, event.path) == ("rabbit.example.org", "/export_posts")
 
-    results = redis_service.client(RABBIT_RESULT_DB)  # the result backend stays Redis
+    results = redis_service.client(rabbit_stack.redis_db)  # the result backend stays Redis
     stored = wait_until(lambda: results.get(f"celery-task-meta-{task.id}"), 10, message="the result in Redis")
     assert json.loads(stored)["status"] == "SUCCESS"
 

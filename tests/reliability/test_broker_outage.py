@@ -84,7 +84,7 @@ def stack(tmp_path_factory, smtp_server):
             db.create_all()
         stack.app = app
         process_env = {**os.environ, **stack.environ, "FLASK_SKIP_DOTENV": "1", "PYTHONUNBUFFERED": "1"}
-        stack.worker = WorkerProcess(process_env, directory / "worker.log", "-c", "1")
+        stack.worker = WorkerProcess(process_env, directory / "worker.log", concurrency=1)
         stack.worker.start(celery)
         yield stack
     finally:

@@ -29,15 +29,14 @@ from tests.support.web import HTTP_TIMEOUT, Browser, Reply, running_gunicorn
 USERS = 50
 CLICKS_PER_USER = 4
 PASSWORD = "correct horse"
-#: A Redis logical database no worker consumes.
-CONCURRENCY_REDIS_DB = 12
 
 
 @pytest.fixture(scope="module")
 def server(live_stack, redis_service, tmp_path_factory):
+    idle_db = redis_service.fresh_db()  # a Redis logical database no worker consumes
     environ = {
         **live_stack.environ,
-        "REDIS_URL": redis_service.url_for_db(CONCURRENCY_REDIS_DB),
+        "REDIS_URL": redis_service.url_for_db(idle_db),
         "WELCOME_EMAIL_DELAY": "3600",
     }
     app = create_app(TestingConfig(environ))  # this process's view of the live database
@@ -49,7 +48,7 @@ def server(live_stack, redis_service, tmp_path_factory):
         empty_database(app)
         with app.app_context():
             db.engine.dispose()
-        redis_service.client(CONCURRENCY_REDIS_DB).flushdb()
+        redis_service.client(idle_db).flushdb()
 
 
 def _create_users(app, count: int) -> list[str]:

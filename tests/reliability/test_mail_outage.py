@@ -19,13 +19,12 @@ from tests.support.stacks import MailControlledStack
 
 SITE = "https://mail-outage.example/"
 SUBJECT = "Your posts are ready"
-MAIL_OUTAGE_REDIS_DB = 4
 
 
 @pytest.fixture(scope="module")
 def stack(live_stack, redis_service, tmp_path_factory):
-    stack = MailControlledStack(live_stack.environ, redis_service, MAIL_OUTAGE_REDIS_DB,
-                                tmp_path_factory.mktemp("mail-outage"), WELCOME_EMAIL_DELAY="3600")
+    stack = MailControlledStack(live_stack.environ, redis_service, tmp_path_factory.mktemp("mail-outage"),
+                                WELCOME_EMAIL_DELAY="3600")
     yield stack
     stack.stop()
 

@@ -33,7 +33,6 @@ from tests.support.services import RedisService, WorkerProcess, wait_until
 
 SITE = "https://crash.example.org/"
 EXPORT_SUBJECT = "Your posts are ready"
-CRASH_REDIS_DB = 3
 #: Seconds before Redis hands an unacknowledged message to another worker. Longer than
 #: the export takes here (a task still running past it would be handed out again).
 VISIBILITY_TIMEOUT = 5
@@ -44,15 +43,17 @@ pytestmark = pytest.mark.worker
 
 
 class CrashStack:
-    def __init__(self, directory: Path, environ: dict[str, str], redis_service: RedisService) -> None:
+    def __init__(self, directory: Path, environ: dict[str, str], redis_service: RedisService,
+                 redis_db: int) -> None:
         self.directory = directory
         self.environ = environ
         self.process_env = {**os.environ, **environ, "FLASK_SKIP_DOTENV": "1", "PYTHONUNBUFFERED": "1"}
-        self.redis = redis_service.client(CRASH_REDIS_DB)
+        self.redis_db = redis_db
+        self.redis = redis_service.client(redis_db)
         self.workers: list[WorkerProcess] = []
 
     def start_worker(self, name: str) -> WorkerProcess:
-        worker = WorkerProcess(self.process_env, self.directory / f"{name}.log", "-c", "1")
+        worker = WorkerProcess(self.process_env, self.directory / f"{name}.log", concurrency=1)
         self.workers.append(worker)  # before start: stopped at teardown whatever happens
         return worker.start(celery)
 
@@ -87,19 +88,22 @@ class CrashStack:
 @pytest.fixture(scope="module")
 def crash_stack(live_stack, redis_service, tmp_path_factory):
     directory = tmp_path_factory.mktemp("crash")
+    redis_db = redis_service.fresh_db()
     environ = {
         **live_stack.environ,
-        "REDIS_URL": redis_service.url_for_db(CRASH_REDIS_DB),
+        "REDIS_URL": redis_service.url_for_db(redis_db),
         "BROKER_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
+        # The killed run's lease on the row ends soon after it stopped reporting.
+        "EXPORT_LEASE_SECONDS": "3",
     }
-    stack = CrashStack(directory, environ, redis_service)
+    stack = CrashStack(directory, environ, redis_service, redis_db)
     yield stack
     stack.stop_workers()
 
 
 @pytest.fixture
 def crash_app(crash_stack):
-    app = create_app(TestingConfig(crash_stack.environ))  # also binds the test's Celery app to DB 3
+    app = create_app(TestingConfig(crash_stack.environ))  # also binds the test's Celery app to its database
     yield app
     crash_stack.stop_workers()
     exports = Path(crash_stack.environ["EXPORTS_DIR"])

@@ -11,8 +11,9 @@ from pathlib import Path
 import redis
 
 from config import redis_socket_url
-from devservers.processes import die_with_parent, stop_process_group
+from devservers.processes import die_with_parent
 from devservers.redis_server import start_redis, stop_redis
+from devservers.workers import CeleryBeat, CeleryWorker, unique_hostname
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -51,24 +52,59 @@ def flask_db(environ: Mapping[str, str], *args: str, check: bool = True) -> subp
 _die_with_parent = die_with_parent()
 
 
+#: Logical databases of the embedded Redis: one per test stack, handed out by
+#: :meth:`RedisService.fresh_db` (a dozen stacks today).
+EMBEDDED_DATABASES = 32
+#: What an external ``REDIS_URL`` is assumed to have when ``CONFIG GET`` is refused.
+EXTERNAL_DEFAULT_DATABASES = 16
+
+
 class RedisService:
-    """A real Redis: the embedded redis-server on a unix socket, or ``REDIS_URL`` when set."""
+    """A real Redis: the embedded redis-server on a unix socket, or ``REDIS_URL`` when set.
+
+    Each stack of the tests (the live worker, the in-process unit apps, each module's own
+    worker...) takes a logical database of its own from :meth:`fresh_db`, so no two share a
+    queue: a worker would otherwise run another stack's tasks against its own database.
+    """
 
     def __init__(self, directory: Path) -> None:
         self.process: subprocess.Popen | None = None
+        self._next_db = 0
         external = os.environ.get("REDIS_URL")
         if external:
             self.url = external
-            self._client_kwargs = {"url": external}
+            self.databases = self._configured_databases()
             return
         self.socket_path = directory / "redis.sock"
         self.directory = directory
-        self.process = start_redis(self.socket_path, directory, persist=False, log_path=directory / "redis.log",
-                                   preexec_fn=_die_with_parent)
+        self.process = start_redis(self.socket_path, directory, persist=False, databases=EMBEDDED_DATABASES,
+                                   log_path=directory / "redis.log", preexec_fn=_die_with_parent)
         self.url = redis_socket_url(self.socket_path)
+        self.databases = EMBEDDED_DATABASES
+
+    def _configured_databases(self) -> int:
+        """The external server's ``databases`` setting; 16 (Redis's default) if it will not say."""
+        try:
+            return int(self.client().config_get("databases")["databases"])
+        except (redis.ResponseError, KeyError, ValueError):  # CONFIG disabled, as on managed Redis
+            return EXTERNAL_DEFAULT_DATABASES
+
+    def fresh_db(self) -> int:
+        """The number of a logical database no stack has had yet, emptied."""
+        if self._next_db >= self.databases:
+            where = (f"the external REDIS_URL ({self.url}) has `databases` {self.databases}: raise it there"
+                     if self.process is None else
+                     f"the embedded redis-server has EMBEDDED_DATABASES = {self.databases} "
+                     f"(tests/support/services.py): raise it")
+            raise RuntimeError(f"no fresh Redis logical database left: all {self.databases} are handed out; "
+                               f"{where}")
+        number = self._next_db
+        self._next_db += 1
+        self.client(number).flushdb()
+        return number
 
     def url_for_db(self, number: int) -> str:
-        """The Celery URL of logical database ``number`` (each test stack gets its own)."""
+        """The Celery URL of logical database ``number`` (from :meth:`fresh_db`)."""
         if self.process is None:
             from urllib.parse import urlsplit, urlunsplit
 
@@ -85,63 +121,28 @@ class RedisService:
         stop_redis(self.process)
 
 
-class WorkerProcess:
-    """``celery -A celery_worker.celery worker`` as a user runs it, in its own process group."""
-
-    def __init__(self, env: Mapping[str, str], log_path: Path, *extra_args: str) -> None:
-        self.env = dict(env)
-        self.log_path = log_path
-        self.extra_args = extra_args
-        self.process: subprocess.Popen | None = None
-
-    def start(self, celery_app, timeout: float = 60.0) -> WorkerProcess:
-        log = open(self.log_path, "ab")
-        self.hostname = f"test-{os.getpid()}-{time.monotonic_ns()}@localhost"
-        self.process = subprocess.Popen(
-            [str(BIN / "celery"), "-A", "celery_worker.celery", "worker", "-l", "info",
-             "-n", self.hostname, "--without-gossip", "--without-mingle", *self.extra_args],
-            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
-
-        def answers_ping() -> bool:
-            if self.process.poll() is not None:
-                raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.log()}")
-            return bool(celery_app.control.ping(destination=[self.hostname], timeout=0.5))
-
-        try:
-            wait_until(answers_ping, timeout, message=f"worker {self.hostname} to answer ping")
-        except BaseException:
-            self.stop()  # never leave a worker behind to reconnect to a later Redis
-            raise
-        return self
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self, timeout: float = 20.0) -> None:
-        if self.process is not None:
-            stop_process_group(self.process, timeout)
+#: What every test worker and beat runs.
+CELERY_APP = "celery_worker.celery"
 
 
-class BeatProcess:
-    """``celery -A celery_worker.celery beat`` with its schedule file in ``directory``."""
+class WorkerProcess(CeleryWorker):
+    """``celery -A celery_worker.celery worker -l info`` as a user runs it, under a hostname
+    of its own, in its own process group, SIGKILLed if the test process dies.
+
+    The options are :class:`devservers.workers.CeleryWorker`'s (``concurrency``,
+    ``queues``, ``include``, ``events``...); :meth:`start` with the test's Celery app
+    returns once the worker answers ping.
+    """
+
+    def __init__(self, env: Mapping[str, str], log_path: Path, **options) -> None:
+        super().__init__(CELERY_APP, env, log_path, hostname=unique_hostname("test"), **options)
+
+
+class BeatProcess(CeleryBeat):
+    """``celery -A celery_worker.celery beat`` with its schedule file in ``directory``,
+    waking at least every second."""
 
     def __init__(self, env: Mapping[str, str], directory: Path) -> None:
-        self.log_path = directory / "beat.log"
-        self._log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            [str(BIN / "celery"), "-A", "celery_worker.celery", "beat", "-l", "info",
-             "-s", str(directory / "celerybeat-schedule"), "--pidfile=", "--max-interval", "1"],
-            cwd=ROOT, env=dict(env), stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self, timeout: float = 20.0) -> None:
-        try:
-            stop_process_group(self.process, timeout)
-        finally:
-            self._log.close()
+        super().__init__(CELERY_APP, env, directory / "beat.log",
+                         schedule_path=directory / "celerybeat-schedule", max_interval=1)
+        self.start()

@@ -18,15 +18,16 @@ def free_port() -> int:
 
 
 class MailControlledStack:
-    """The live database, a Redis logical database and a worker of its own, and an
-    SMTP port where nothing listens until :meth:`start_smtp` is called."""
+    """The live database, a fresh Redis logical database (``redis_db``) and a worker of its
+    own, and an SMTP port where nothing listens until :meth:`start_smtp` is called."""
 
-    def __init__(self, live_environ: dict[str, str], redis_service: RedisService, redis_db: int,
-                 directory: Path, **overrides: str) -> None:
+    def __init__(self, live_environ: dict[str, str], redis_service: RedisService, directory: Path,
+                 **overrides: str) -> None:
         self.smtp_port = free_port()
+        self.redis_db = redis_service.fresh_db()
         self.environ = {
             **live_environ,
-            "REDIS_URL": redis_service.url_for_db(redis_db),
+            "REDIS_URL": redis_service.url_for_db(self.redis_db),
             "MAIL_PORT": str(self.smtp_port),
             "MAIL_RETRY_ATTEMPTS": "4",
             "MAIL_RETRY_BACKOFF": "0.4",
@@ -35,7 +36,7 @@ class MailControlledStack:
         }
         process_env = process_environ(self.environ)
         self.app()  # binds the test process's Celery app to this stack's Redis database
-        self.worker = WorkerProcess(process_env, directory / "worker.log", "-c", "1").start(celery)
+        self.worker = WorkerProcess(process_env, directory / "worker.log", concurrency=1).start(celery)
         self._controllers: list = []
 
     def app(self, **overrides: str):
