@@ -45,8 +45,12 @@ test: system-packages test-app test-package
 system-packages:
 	@devservers/system_packages.sh
 
+# Most tests wait on servers and workers, not the CPU: three pytest processes (whole files
+# each, so a module's servers stay in one) finish in half the time on two cores. 0 = serial.
+TEST_PROCESSES ?= 3
+
 test-app: install-dev
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadfile $(PYTEST_ARGS)
 
 test-package: test-package-released test-package-prerelease test-package-oldest-celery
 
