@@ -18,7 +18,7 @@ def celery_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     # Workers hand back messages unacknowledged past the visibility timeout when they
     # start, then every unacked_restore_interval x unacked_restore_throttle seconds:
     # kombu's 10 x 10 whatever the timeout, so with a timeout of a few seconds a crashed
-    # worker's task waited up to 100 s for a running worker to take it back. Look every
+    # worker's task would wait up to 100 s for a running worker to take it back. Look every
     # tenth of the timeout instead, between once a second and every 100 s.
     restore_every = max(1, min(100, visibility_timeout // 10))
     restore_interval = min(10, restore_every)

@@ -65,8 +65,8 @@ def write_posts_export(user_id: int, destination: Path, progress: Callable[[int,
     total = db.session.scalar(sa.select(sa.func.count(Post.id)).where(Post.user_id == user_id)) or 0
     # Core rows on the session's connection, no ORM loading. yield_per implies
     # stream_results: a server-side cursor on PostgreSQL (psycopg's named cursor), fetched
-    # _STREAM_BATCH rows at a time. On the statement: Connection.execution_options() changes
-    # the session's connection in place, and the export's later UPDATE then became
+    # _STREAM_BATCH rows at a time. On the statement: Connection.execution_options() would
+    # change the session's connection in place, turning the export's later UPDATE into
     # "DECLARE ... CURSOR FOR UPDATE ...", a syntax error on PostgreSQL.
     rows = db.session.connection().execute(
         sa.select(Post.body, _iso_timestamp_column())

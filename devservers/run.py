@@ -19,7 +19,7 @@ processes are being started, stops everything, and so does any one process exiti
 This is a small supervisor rather than ``honcho.manager.Manager``: honcho forks a helper
 per process that inherits the manager's signal handler until after it has started its
 command, so a Ctrl-C during start-up could leave the runner hung and processes behind;
-and honcho does not handle SIGHUP, so closing the terminal left every process running.
+and honcho does not handle SIGHUP, so closing the terminal would leave every process running.
 """
 from __future__ import annotations
 

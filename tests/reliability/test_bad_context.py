@@ -364,7 +364,7 @@ def test_a_message_queued_in_the_earlier_signed_format_is_refused_then_a_valid_t
         captured = capture_request(request._get_current_object(), _state(probe_app).settings, None)
     earlier = {"v": 1, **captured}  # the earlier format: the same mapping, with a version
     token = Signer([probe_app.secret_key], salt=EARLIER_SALT).sign(json.dumps(earlier)).decode()
-    assert "blog.example.org" in token  # readable: why the format had to go
+    assert "blog.example.org" in token  # readable: why this format is refused
 
     result = publish_by_hand(token)
     with pytest.raises(ContextRefused) as refused:

@@ -228,7 +228,7 @@ def test_fuzzed_paths_and_query_strings_replay_exactly(fuzz_app, same_worker):
     @FUZZ
     @given(path=paths, query=query_strings, method=st.sampled_from(METHODS))
     @example(path="/probe/caf%C3%A9/%E2%9C%93/a;b", query="a=1&a=&empty&b=%FF&c=%zz", method="GET")
-    # Found by hypothesis: a percent-encoded sensitive name skipped the scrubber's raw check.
+    # A percent-encoded sensitive name: the scrubber judges it decoded, not by its raw bytes.
     @example(path="/probe/", query="pas%73word=", method="GET")
     def run(path, query, method):
         check_replay(fuzz_app, client, path, query_string=query, method=method)
@@ -261,7 +261,7 @@ def test_fuzzed_forms_replay_exactly_minus_the_sensitive_fields(fuzz_app, same_w
     @given(form=forms, encoding=form_encodings, method=st.sampled_from(BODY_METHODS))
     @example(form=[("tag", "b"), ("password", "p"), ("tag", "a"), ("✓", "é")],
              encoding="multipart/form-data", method="POST")
-    # Found by hypothesis: werkzeug names this multipart field None; capture crashed on it (500).
+    # werkzeug names this multipart field None: capture must leave it out, not fail (500).
     @example(form=[("\r", "")], encoding="multipart/form-data", method="POST")
     def run(form, encoding, method):
         check_replay(fuzz_app, client, "/probe/form", data=MultiDict(form), content_type=encoding,
@@ -280,8 +280,8 @@ def test_fuzzed_whole_requests_of_a_logged_in_user_replay_exactly(fuzz_app, same
            method=st.sampled_from(METHODS),
            base_url=st.sampled_from(["http://localhost/", "https://blog.example.org:8443/",
                                      "http://[::1]:5000/", "https://xn--caf-dma.example/"]))
-    # Found by hypothesis: capture put CONTENT_TYPE/CONTENT_LENGTH after every HTTP_* header,
-    # so a form request's headers were replayed in another order than the view saw them.
+    # A form request: CONTENT_TYPE/CONTENT_LENGTH must stay where the server put them among
+    # the HTTP_* headers, so the replay lists the headers in the order the view saw them.
     @example(path="/probe/", query="", header_list=[("0", "")], form=[],
              encoding="application/x-www-form-urlencoded", method="POST", base_url="http://localhost/")
     def run(path, query, header_list, form, encoding, method, base_url):

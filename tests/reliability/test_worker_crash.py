@@ -8,7 +8,7 @@ to the worker's whole process group (main process and pool child) while the expo
 writing its file. The replacement worker is usually up before the visibility timeout has
 passed since the delivery, so it is usually its periodic sweep for expired unacknowledged
 messages, not the one at its start, that takes the export back (see ``celery_settings``:
-kombu's sweep ran every 100 s whatever the timeout).
+kombu's default sweep runs every 100 s whatever the timeout).
 
 A second test runs a finished export's message again (as a redelivery would): the
 Task row makes it a no-op that answers "already done", with no second email or file.

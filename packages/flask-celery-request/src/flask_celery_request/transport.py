@@ -146,7 +146,8 @@ class Sealer:
 
 
 def _unknown_format(token: str) -> str:
-    # app.celery_context (before this package) sent itsdangerous-signed JSON: "{...}.signature".
+    # The format of app.celery_context, which this package replaces: itsdangerous-signed
+    # JSON, "{...}.signature".
     if token.startswith("{"):
         return ("request context is in the signed, unencrypted format of an earlier release; "
                 "this version accepts only sealed contexts (see the README, 'Upgrading')")
