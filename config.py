@@ -162,6 +162,12 @@ class Config:
         self.SESSION_COOKIE_SAMESITE = "Lax"
         self.REMEMBER_COOKIE_HTTPONLY = True
 
+        # Security headers (Flask-Talisman) and request limits; docs/security.md says why.
+        # Strict-Transport-Security, sent on https requests only; on in production.
+        self.SECURITY_HSTS = env.bool("SECURITY_HSTS", False)
+        # A larger body is refused with 413 from its Content-Length, before it is read.
+        self.MAX_CONTENT_LENGTH = env.int("MAX_CONTENT_LENGTH", 1024 * 1024)
+
 
 class DevelopmentConfig(Config):
     DEBUG = False  # `flask run --debug` turns the debugger on explicitly.
@@ -196,6 +202,7 @@ class ProductionConfig(Config):
         self.SESSION_COOKIE_SECURE = True
         self.REMEMBER_COOKIE_SECURE = True
         self.PREFERRED_URL_SCHEME = Environment(environ).text("PREFERRED_URL_SCHEME", "https")
+        self.SECURITY_HSTS = Environment(environ).bool("SECURITY_HSTS", True)
 
 
 CONFIGS: dict[str, type[Config]] = {

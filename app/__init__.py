@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from flask import Flask
+from flask_talisman import Talisman
 
 from app import broker  # noqa: F401  (connects the worker's broker hooks)
 from app.celery_config import celery_settings
 from app.extensions import celery, csrf, db, login, mail, migrate
+from app.extensions import CONTENT_SECURITY_POLICY
 from config import Config, config_from_environment
 
 
@@ -27,6 +29,22 @@ def create_app(config_class: type[Config] | Config | None = None) -> Flask:
     csrf.init_app(app)
     login.init_app(app)
     celery.init_app(app)
+    # One Talisman per app: it keeps its options on itself, not on the app, so one shared by
+    # several apps (the tests build many) would give all of them the last one's HSTS.
+    # https://github.com/GoogleCloudPlatform/flask-talisman/issues/66
+    Talisman(
+        app,
+        content_security_policy=CONTENT_SECURITY_POLICY,
+        frame_options="DENY",
+        # TLS ends at the proxy, which redirects plain http (docs/deploying.md); a redirect
+        # here would also turn a load balancer's plain-http /healthz probe into a 302.
+        force_https=False,
+        # The config decides the cookie flags (ProductionConfig: Secure); Talisman's
+        # defaults would make them Secure on every request, and break http://127.0.0.1.
+        session_cookie_secure=False,
+        session_cookie_samesite=app.config["SESSION_COOKIE_SAMESITE"],
+        strict_transport_security=app.config["SECURITY_HSTS"],
+    )
     with app.app_context():
         from app.sqlite import configure_sqlite
 

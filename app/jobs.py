@@ -6,6 +6,7 @@ from uuid import uuid4
 
 import sqlalchemy as sa
 from flask import current_app
+from flask_celery_request import ContextCaptureError
 
 from app.extensions import db
 from app.models import Task, TaskState, User, utcnow
@@ -27,7 +28,8 @@ def launch_task(user: User, celery_task, description: str, *args) -> Task:
 
     The row is committed before the message is sent, so the worker always finds it;
     if sending fails the row is marked FAILURE (never left running) and
-    :class:`TaskNotStarted` is raised.
+    :class:`TaskNotStarted` is raised, or the carrier's :class:`ContextCaptureError`
+    when the request itself could not be carried (the client's to fix, not the broker).
     """
     # End any read transaction first: on SQLite a transaction that read, then writes
     # after another writer committed, fails at once with "database is locked".
@@ -55,10 +57,14 @@ def launch_task(user: User, celery_task, description: str, *args) -> Task:
         celery_task.apply_async(args=args, task_id=row.id)
     except Exception as exc:
         db.session.rollback()
+        not_carried = isinstance(exc, ContextCaptureError)
         row.state = TaskState.FAILURE
-        row.error = "The background service is unavailable; the task was not started."
+        row.error = (f"The request could not be carried to the background job: {exc}." if not_carried
+                     else "The background service is unavailable; the task was not started.")
         row.finished = utcnow()
         db.session.commit()
+        if not_carried:
+            raise
         current_app.logger.error("Could not enqueue %s for %s: %r", row.name, user, exc)
         raise TaskNotStarted(row.error) from exc
     return row

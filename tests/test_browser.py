@@ -5,6 +5,7 @@ import json
 import re
 import shutil
 import threading
+from uuid import uuid4
 
 import pytest
 import sqlalchemy as sa
@@ -13,7 +14,7 @@ from werkzeug.serving import make_server
 
 from app.cli import seed_posts
 from app.extensions import db
-from app.models import User
+from app.models import Task, TaskState, User
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Flags for a closed network and a root user, as Debian's chromium needs here.
@@ -96,3 +97,125 @@ def test_export_progress_bar_moves_to_done_without_a_reload(browser, site, live_
     assert download.suggested_filename == "eve-posts.json"
     assert len(json.loads(saved.read_text())["posts"]) == 400_000
     page.close()
+
+
+# --- the Content-Security-Policy, and a session that ends while a bar is polling ---------
+
+POLL_MS = 150  # the site fixture's TASK_POLL_INTERVAL_MS
+# Every CSP violation the page reports, from its first byte.
+RECORD_CSP_VIOLATIONS = """
+window.__cspViolations = [];
+document.addEventListener("securitypolicyviolation", function (e) {
+  window.__cspViolations.push(e.violatedDirective + " " + (e.blockedURI || "inline"));
+});
+"""
+# Counts the status polls as tasks.js makes them (synchronously, so a fake clock's run
+# leaves the final count behind), and the bar's width as each poll leaves, before its answer.
+WATCH_TASK_POLLS = """
+window.__taskPolls = 0;
+window.__widthsAtPoll = [];
+var realFetch = window.fetch;
+window.fetch = function (url, options) {
+  if (String(url).indexOf("/tasks/") !== -1) {
+    window.__taskPolls += 1;
+    var bar = document.querySelector(".task-alert .progress-bar");
+    window.__widthsAtPoll.push(bar ? bar.style.width : null);
+  }
+  return realFetch.call(this, url, options);
+};
+"""
+BAR_FRACTION = """() => {
+  const bar = document.querySelector(".task-alert .progress-bar");
+  return bar.getBoundingClientRect().width / bar.parentElement.getBoundingClientRect().width;
+}"""
+
+
+def register_and_log_in(page, site: str, username: str) -> None:
+    page.goto(f"{site}/auth/register")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=email]", f"{username}@example.com")
+    page.fill("input[name=password]", "correct horse")
+    page.fill("input[name=password2]", "correct horse")
+    page.click("input[type=submit]")
+    expect(page.locator(".alert-success")).to_contain_text("registered")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", "correct horse")
+    page.click("input[type=submit]")
+    expect(page.locator("nav")).to_contain_text("Logout")
+
+
+def add_running_task(live_app, username: str, progress: int) -> str:
+    """A running export, as a worker would leave it between two progress reports."""
+    with live_app.app_context():
+        user = db.session.scalar(sa.select(User).where(User.username == username))
+        task = Task(id=str(uuid4()), name="export_posts", description="Exporting posts...",
+                    user_id=user.id, state=TaskState.PROGRESS, progress=progress)
+        db.session.add(task)
+        db.session.commit()
+        return task.id
+
+
+def set_progress(live_app, task_id: str, progress: int) -> None:
+    with live_app.app_context():
+        db.session.get(Task, task_id).progress = progress
+        db.session.commit()
+
+
+def wait_for_bar_fraction(page, fraction: float) -> None:
+    page.wait_for_function(f"() => Math.abs(({BAR_FRACTION})() - {fraction}) < 0.01", timeout=10_000)
+
+
+def test_pages_with_a_task_bar_break_no_csp_rule_and_show_its_width(browser, site, live_app):
+    context = browser.new_context()
+    page = context.new_page()
+    page.add_init_script(RECORD_CSP_VIOLATIONS + WATCH_TASK_POLLS)
+    csp_console = []
+    page.on("console", lambda message: csp_console.append(message.text)
+            if "Content Security Policy" in message.text else None)
+    register_and_log_in(page, site, "eve")
+    task_id = add_running_task(live_app, "eve", 40)
+
+    for path in ("/", "/user/eve", "/activity"):
+        response = page.goto(f"{site}{path}")
+        assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+        expect(page.locator(".task-alert .task-percent")).to_have_text("40%")
+        # Sized from the markup as the page loads, before the first poll has an answer.
+        assert page.evaluate("window.__widthsAtPoll")[0] == "40%"
+        wait_for_bar_fraction(page, 0.40)
+
+    set_progress(live_app, task_id, 70)
+    expect(page.locator(".task-alert .task-percent")).to_have_text("70%")
+    wait_for_bar_fraction(page, 0.70)
+    assert page.evaluate("window.__cspViolations") == []
+    assert csp_console == []
+
+    # The browser does enforce the policy: a style attribute in markup is refused and reported.
+    page.evaluate("""document.body.insertAdjacentHTML("beforeend", '<div style="color: red"></div>')""")
+    page.wait_for_function("window.__cspViolations.length > 0", timeout=10_000)
+    assert page.evaluate("window.__cspViolations")[0].startswith("style-src")
+    context.close()
+
+
+def test_a_bar_stops_polling_once_the_session_has_ended(browser, site, live_app):
+    context = browser.new_context()
+    page = context.new_page()
+    register_and_log_in(page, site, "ann")
+    add_running_task(live_app, "ann", 10)
+    page.add_init_script(WATCH_TASK_POLLS)
+    page.clock.install()  # tasks.js's timers run only when the test advances the clock
+    page.goto(f"{site}/")
+    alert = page.locator(".task-alert")
+    expect(alert).to_have_attribute("data-polling", "waiting")  # the first poll was answered
+
+    context.clear_cookies()  # signed out, as by a logout in another tab
+    with page.expect_response(lambda r: "/tasks/" in r.url) as answer:
+        page.clock.run_for(POLL_MS)
+    assert answer.value.status == 401
+    expect(alert).to_have_attribute("data-polling", "stopped")
+    expect(alert.locator(".task-message")).to_have_text(
+        "You are signed out. Sign in again to follow this task.")
+
+    polls = page.evaluate("window.__taskPolls")
+    page.clock.run_for(POLL_MS * 20)  # covers the 3x back-off of a failed poll too
+    assert page.evaluate("window.__taskPolls") == polls
+    context.close()

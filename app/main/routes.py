@@ -1,5 +1,6 @@
 import sqlalchemy as sa
 from flask import abort, current_app, flash, jsonify, redirect, render_template, request, send_file, url_for
+from flask_celery_request import ContextCaptureError
 from flask_login import current_user, login_required
 
 from app import audit
@@ -14,8 +15,14 @@ from app.tasks import export_posts as export_posts_task
 from app.tasks import ping
 
 
-def _page() -> int:
-    return request.args.get("page", 1, type=int) or 1
+#: SQLite and PostgreSQL take an OFFSET up to a signed 64-bit integer.
+_MAX_OFFSET = 2**63 - 1
+
+
+def _page(per_page: int) -> int:
+    """``?page=``, clamped to 1 and to the largest page whose OFFSET the database takes
+    (past the last page is an empty page); not a number is page 1."""
+    return min(max(request.args.get("page", 1, type=int), 1), _MAX_OFFSET // per_page)
 
 
 @bp.route("/index", methods=["GET", "POST"])
@@ -30,7 +37,7 @@ def index():
         return redirect(url_for("main.index"))
     posts = db.paginate(
         sa.select(Post).order_by(Post.timestamp.desc(), Post.id.desc()),
-        page=_page(),
+        page=_page(current_app.config["POSTS_PER_PAGE"]),
         per_page=current_app.config["POSTS_PER_PAGE"],
         error_out=False,
     )
@@ -44,9 +51,8 @@ def index():
 @login_required
 def user(username: str):
     profile = db.first_or_404(sa.select(User).where(User.username == username))
-    posts = db.paginate(
-        profile.posts_select(), page=_page(), per_page=current_app.config["POSTS_PER_PAGE"], error_out=False
-    )
+    per_page = current_app.config["POSTS_PER_PAGE"]
+    posts = db.paginate(profile.posts_select(), page=_page(per_page), per_page=per_page, error_out=False)
     return render_template("user.html", title=profile.username, user=profile, posts=posts, form=EmptyForm())
 
 
@@ -58,6 +64,13 @@ def _already_running(exc: TaskAlreadyRunning):
 @bp.errorhandler(TaskNotStarted)
 def _not_started(exc: TaskNotStarted):
     return _refused(f"{exc} Please try again in a moment.", "danger", 503)
+
+
+@bp.errorhandler(ContextCaptureError)
+def _not_carried(exc: ContextCaptureError):
+    # The request itself is at fault (say, a JSON body nested too deep to scrub): retrying
+    # it cannot help, unlike a broker outage.
+    return _refused(f"Your request could not be carried to the background job: {exc}.", "danger", 400)
 
 
 def _refused(message: str, category: str, status: int):
@@ -146,6 +159,6 @@ def activity():
     events = db.paginate(
         sa.select(AuditEvent).where(AuditEvent.user_id == current_user.id)
         .order_by(AuditEvent.created.desc(), AuditEvent.id.desc()),
-        page=_page(), per_page=50, error_out=False,
+        page=_page(50), per_page=50, error_out=False,
     )
     return render_template("activity.html", title="Account activity", events=events)

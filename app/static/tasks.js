@@ -1,4 +1,6 @@
 // Keeps the task alerts under the navigation bar live: polls /tasks/<id> until each ends.
+// Each alert's data-polling says where it stands: "waiting" for its next poll, or
+// "stopped" (the task ended, is gone, or the user is signed out) after its last one.
 (function () {
   "use strict";
   function interval(alert) { return parseInt(alert.dataset.pollMs, 10) || 1000; }
@@ -28,6 +30,11 @@
     if (bar) { bar.remove(); }
   }
 
+  function stop(alert, message) {
+    alert.dataset.polling = "stopped";
+    if (message) { alert.querySelector(".task-message").textContent = message; }
+  }
+
   function update(alert, task) {
     var percent = Math.max(0, Math.min(100, task.progress || 0));
     var bar = alert.querySelector(".progress-bar");
@@ -42,6 +49,7 @@
   function poll(alert) {
     fetch(alert.dataset.statusUrl, { headers: { "Accept": "application/json" }, credentials: "same-origin" })
       .then(function (response) {
+        if (response.status === 401) { return { signedOut: true }; }
         if (response.status === 404 || response.status === 403) {
           return { gone: true };
         }
@@ -49,19 +57,36 @@
         return response.json();
       })
       .then(function (task) {
-        if (task.gone) {  // deleted, or the session ended: stop asking
-          alert.querySelector(".task-message").textContent = "This task is no longer available.";
+        if (task.signedOut) {  // the session ended, here or in another tab: asking again cannot help
+          stop(alert, "You are signed out. Sign in again to follow this task.");
+          return;
+        }
+        if (task.gone) {  // deleted, or not this user's
+          stop(alert, "This task is no longer available.");
           return;
         }
         update(alert, task);
         if (task.state === "SUCCESS" || task.state === "FAILURE") {
           finish(alert, task);
+          stop(alert);
         } else {
+          alert.dataset.polling = "waiting";
           setTimeout(function () { poll(alert); }, interval(alert));
         }
       })
-      .catch(function () { setTimeout(function () { poll(alert); }, interval(alert) * 3); });
+      .catch(function () {  // the network or the server failed: try again, less often
+        alert.dataset.polling = "waiting";
+        setTimeout(function () { poll(alert); }, interval(alert) * 3);
+      });
   }
 
-  document.querySelectorAll(".task-alert[data-status-url]").forEach(poll);
+  // The page renders each bar's value as aria-valuenow; its width is set here, through
+  // the CSSOM, because the Content-Security-Policy refuses style attributes in markup.
+  function start(alert) {
+    var bar = alert.querySelector(".progress");
+    if (bar) { update(alert, { progress: parseInt(bar.getAttribute("aria-valuenow"), 10) }); }
+    poll(alert);
+  }
+
+  document.querySelectorAll(".task-alert[data-status-url]").forEach(start);
 })();
