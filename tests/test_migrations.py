@@ -126,3 +126,16 @@ def test_upgrade_reseals_outbox_contexts_of_the_earlier_signed_format(flask_db, 
     with sqlite3.connect(database) as connection:
         assert connection.execute("SELECT request_context FROM email_delivery WHERE recipient = 'a@example.com'"
                                   ).fetchone() == (None,)
+
+
+def test_after_upgrade_a_deleted_delivery_s_id_is_never_given_again(flask_db, database):
+    """A late task message names its delivery by id: a new row must never take it."""
+    flask_db("upgrade")
+    row = ("welcome", "a@example.com", "pending", 0, "2026-01-01 00:00:00", "2026-01-01 00:00:00")
+    with sqlite3.connect(database) as connection:
+        insert = ("INSERT INTO email_delivery (kind, recipient, status, attempts, created, updated) "
+                  "VALUES (?, ?, ?, ?, ?, ?)")
+        first = connection.execute(insert, row).lastrowid
+        connection.execute("DELETE FROM email_delivery WHERE id = ?", (first,))
+        second = connection.execute(insert, row).lastrowid
+    assert second > first
