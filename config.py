@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 BASEDIR = Path(__file__).resolve().parent
 
@@ -78,6 +80,16 @@ def database_url(value: str | None, default: str) -> str:
 def redis_socket_url(socket_path: Path) -> str:
     """The URL Celery (kombu and the Redis result backend) uses for a unix socket."""
     return f"redis+socket://{socket_path}"
+
+
+def limiter_storage_url(redis_url: str) -> str:
+    """``REDIS_URL`` as the ``limits`` package spells it: Celery's unix-socket form
+    ``redis+socket:///path?virtual_host=N`` becomes ``redis+unix:///path?db=N``."""
+    parts = urlsplit(redis_url)
+    if parts.scheme != "redis+socket":
+        return redis_url
+    query = urlencode([("db" if name == "virtual_host" else name, value) for name, value in parse_qsl(parts.query)])
+    return f"redis+unix://{parts.path}" + (f"?{query}" if query else "")
 
 
 class Config:
@@ -157,10 +169,35 @@ class Config:
         #: How often the progress bars ask the server for news.
         self.TASK_POLL_INTERVAL_MS = env.int("TASK_POLL_INTERVAL_MS", 1000)
 
+        # Sign-in, registration and password-reset requests are rate limited
+        # (Flask-Limiter, on the app's Redis). A limit is "N per period"; when Redis is
+        # unreachable the limits are skipped and the error logged, so sign-in still works.
+        self.RATELIMIT_STORAGE_URI = env.text("RATELIMIT_STORAGE_URI", limiter_storage_url(self.REDIS_URL))
+        self.RATELIMIT_STORAGE_OPTIONS = {"socket_timeout": 1, "socket_connect_timeout": 1}
+        self.RATELIMIT_KEY_PREFIX = env.text("RATELIMIT_KEY_PREFIX", "microblog")
+        self.RATELIMIT_STRATEGY = "moving-window"
+        self.RATELIMIT_SWALLOW_ERRORS = True
+        self.RATELIMIT_ENABLED = env.bool("RATELIMIT_ENABLED", True)
+        self.RATELIMIT_SIGNIN_PER_ACCOUNT = env.text("RATELIMIT_SIGNIN_PER_ACCOUNT", "10 per 15 minutes")
+        self.RATELIMIT_SIGNIN_PER_ADDRESS = env.text("RATELIMIT_SIGNIN_PER_ADDRESS", "50 per 15 minutes")
+        self.RATELIMIT_REGISTER_PER_ADDRESS = env.text("RATELIMIT_REGISTER_PER_ADDRESS", "20 per hour")
+        self.RATELIMIT_RESET_PER_ACCOUNT = env.text("RATELIMIT_RESET_PER_ACCOUNT", "5 per hour")
+        self.RATELIMIT_RESET_PER_ADDRESS = env.text("RATELIMIT_RESET_PER_ADDRESS", "20 per hour")
+        #: Seconds a password-reset link works (once, and only until the password changes).
+        self.PASSWORD_RESET_MAX_AGE = env.int("PASSWORD_RESET_MAX_AGE", 3600)
+
         self.WTF_CSRF_ENABLED = True
         self.SESSION_COOKIE_HTTPONLY = True
         self.SESSION_COOKIE_SAMESITE = "Lax"
         self.REMEMBER_COOKIE_HTTPONLY = True
+        self.REMEMBER_COOKIE_SAMESITE = "Lax"
+        self.REMEMBER_COOKIE_DURATION = timedelta(days=env.int("REMEMBER_COOKIE_DAYS", 14))
+
+        # Security headers (Flask-Talisman) and request limits; docs/security.md says why.
+        # Strict-Transport-Security, sent on https requests only; on in production.
+        self.SECURITY_HSTS = env.bool("SECURITY_HSTS", False)
+        # A larger body is refused with 413 from its Content-Length, before it is read.
+        self.MAX_CONTENT_LENGTH = env.int("MAX_CONTENT_LENGTH", 1024 * 1024)
 
         # Security headers (Flask-Talisman) and request limits; docs/security.md says why.
         # Strict-Transport-Security, sent on https requests only; on in production.

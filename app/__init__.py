@@ -50,8 +50,9 @@ def create_app(config_class: type[Config] | Config | None = None) -> Flask:
 
         configure_sqlite(app, db.engine)
 
-    from app import audit, tasks, welcome  # noqa: F401  (tasks: registers the Celery tasks)
+    from app import audit, password_reset, tasks, welcome  # noqa: F401  (tasks: registers the Celery tasks)
     from app.auth import bp as auth_bp
+    from app.auth import limits as auth_limits
     from app.cli import register_cli
     from app.errors import bp as errors_bp
     from app.health import bp as health_bp
@@ -59,9 +60,11 @@ def create_app(config_class: type[Config] | Config | None = None) -> Flask:
 
     app.register_blueprint(errors_bp)
     app.register_blueprint(auth_bp, url_prefix="/auth")
+    auth_limits.init_app(app)
     app.register_blueprint(main_bp)
     app.register_blueprint(health_bp)
     audit.init_app(app)
     welcome.init_app(app, send_task=tasks.send_welcome_email)
+    password_reset.init_app(app, send_task=tasks.send_password_reset_email)
     register_cli(app)
     return app

@@ -15,9 +15,11 @@ from app.extensions import db
 from app.models import AuditEvent
 
 
-def record(action: str, detail: str | None = None) -> None:
-    """Have this request's after_request hook write an audit event."""
-    g.setdefault("audit_events", []).append((action, detail))
+def record(action: str, detail: str | None = None, user_id: int | None = None) -> None:
+    """Have this request's after_request hook write an audit event, for the request's
+    user or, when given, ``user_id`` (a task whose user has signed out since is still
+    theirs)."""
+    g.setdefault("audit_events", []).append((action, detail, user_id))
 
 
 def init_app(app: Flask) -> None:
@@ -29,11 +31,11 @@ def write_audit_events(response: Response) -> Response:
     if not events:
         return response
     task = current_task._get_current_object()
-    user_id = current_user.id if current_user.is_authenticated else None
+    signed_in = current_user.id if current_user.is_authenticated else None
     db.session.commit()  # a fresh write transaction (see app.jobs.launch_task) for the inserts
-    for action, detail in events:
+    for action, detail, user_id in events:
         db.session.add(AuditEvent(
-            user_id=user_id,
+            user_id=user_id if user_id is not None else signed_in,
             action=action,
             detail=detail,
             method=request.method,
@@ -51,5 +53,5 @@ def write_audit_events(response: Response) -> Response:
         # database is down) must not turn it into a failure. Say so loudly instead.
         db.session.rollback()
         current_app.logger.exception("Could not write audit events %s for %s %s",
-                                     [action for action, _ in events], request.method, request.path)
+                                     [action for action, _, _ in events], request.method, request.path)
     return response

@@ -362,7 +362,7 @@ def _export_and_notify(task_id: str, user, celery_task, lease: tuple[str, float]
         if claimed is not None:
             attached = _send(claimed, user, task, destination, count)
             audit.record("export_posts", f"{count} posts, {destination.stat().st_size} bytes, "
-                                         f"{'attached' if attached else 'link only'}")
+                                         f"{'attached' if attached else 'link only'}", user_id=user.id)
     elif delivery.status == DeliveryStatus.FAILED:
         raise ExportEmailError(f"could not email {user.email}: {delivery.last_error}")
     finish_task(task_id)

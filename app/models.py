@@ -1,6 +1,8 @@
 """Database models: users, their posts, and the background tasks they start."""
 from __future__ import annotations
 
+import hmac
+import secrets
 from datetime import datetime, timezone
 
 import sqlalchemy as sa
@@ -14,6 +16,10 @@ from app.extensions import db, login
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def new_session_token() -> str:
+    return secrets.token_urlsafe(16)
 
 
 class UTCDateTime(sa.types.TypeDecorator):
@@ -40,6 +46,9 @@ class User(UserMixin, db.Model):
     username: so.Mapped[str] = so.mapped_column(sa.String(64), index=True, unique=True)
     email: so.Mapped[str] = so.mapped_column(sa.String(120), index=True, unique=True)
     password_hash: so.Mapped[str | None] = so.mapped_column(sa.String(256))
+    #: Part of every session and remember-me cookie of this user (see get_id): a new
+    #: token ends them all, everywhere.
+    session_token: so.Mapped[str] = so.mapped_column(sa.String(32), default=new_session_token)
     created: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
 
     posts: so.WriteOnlyMapped[Post] = so.relationship(back_populates="author", passive_deletes=True)
@@ -47,6 +56,16 @@ class User(UserMixin, db.Model):
 
     def __repr__(self) -> str:
         return f"<User {self.username}>"
+
+    def get_id(self) -> str:
+        """What Flask-Login keeps in the session and the remember-me cookie."""
+        if self.session_token is None:  # a user not flushed yet
+            self.session_token = new_session_token()
+        return f"{self.id}:{self.session_token}"
+
+    def end_all_sessions(self) -> None:
+        """Make every session and remember-me cookie of this user invalid (commit to apply)."""
+        self.session_token = new_session_token()
 
     def set_password(self, password: str) -> None:
         method = current_app.config.get("PASSWORD_HASH_METHOD")
@@ -72,11 +91,16 @@ class User(UserMixin, db.Model):
 
 
 @login.user_loader
-def load_user(user_id: str) -> User | None:
+def load_user(session_id: str) -> User | None:
+    """The user of a session or remember-me cookie, if its token is still theirs."""
+    user_id, _, token = session_id.partition(":")
     try:
-        return db.session.get(User, int(user_id))
+        user = db.session.get(User, int(user_id))
     except ValueError:
         return None
+    if user is None or not token or not hmac.compare_digest(user.session_token, token):
+        return None
+    return user
 
 
 class Post(db.Model):

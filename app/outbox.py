@@ -8,9 +8,43 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from flask import current_app
+from flask_celery_request import CONTEXT_HEADER
 
 from app.extensions import db
 from app.models import DeliveryStatus, EmailDelivery, utcnow
+
+
+def enqueue(send_task, delivery_id: int, token: str | None, countdown: float = 0) -> bool:
+    """Send ``send_task(delivery_id)`` in the request recorded as ``token`` (sealed by
+    the carrier); False, logged, with the row left pending for a re-send, if the broker
+    is down."""
+    headers = {CONTEXT_HEADER: token} if token else None
+    try:
+        send_task.apply_async((delivery_id,), countdown=countdown, headers=headers)
+    except Exception as exc:
+        current_app.logger.warning("Could not enqueue email %s (%r); it stays pending and will be re-sent",
+                                   delivery_id, exc)
+        return False
+    return True
+
+
+def forget_request_context(delivery_id: int) -> bool:
+    """Forget a pending delivery's recorded request context (the worker refused it:
+    expired, or sealed with a key no longer held). The row stays pending, so the next
+    re-send sends it from outside any request: its links are then built on
+    ``SERVER_NAME``. Not re-sent from here: a task sent from the refused task would
+    inherit the refused context."""
+    forgotten = db.session.execute(
+        sa.update(EmailDelivery)
+        .where(EmailDelivery.id == delivery_id, EmailDelivery.status == DeliveryStatus.PENDING)
+        .values(request_context=None, updated=utcnow())
+    ).rowcount
+    db.session.commit()
+    if not forgotten:
+        return False
+    current_app.logger.warning("Email %s: its request context was refused; it will be re-sent "
+                               "without, with links on SERVER_NAME", delivery_id)
+    return True
 
 
 def claim(delivery_id: int) -> EmailDelivery | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from celery.signals import task_failure
 from flask_celery_request import ContextRefused
 
-from app import outbox, welcome
+from app import outbox, password_reset, welcome
 from app.extensions import celery, db
 from app.models import finish_task
 
@@ -51,8 +51,19 @@ def cleanup_exports() -> dict:
 
 @celery.task(bind=True, max_retries=None)
 def send_welcome_email(self, delivery_id: int) -> str:
-    """Greet a new user, with links on the host they registered from; retried with
-    backoff on transient SMTP errors up to MAIL_RETRY_ATTEMPTS, recorded when it fails."""
+    """Greet a new user, with links on the host they registered from."""
+    return _deliver(self, delivery_id, welcome.send_welcome)
+
+
+@celery.task(bind=True, max_retries=None)
+def send_password_reset_email(self, delivery_id: int) -> str:
+    """Mail a password-reset link, on the host the reset was asked from."""
+    return _deliver(self, delivery_id, password_reset.send_reset)
+
+
+def _deliver(task, delivery_id: int, send) -> str:
+    """Claim an outbox row and ``send(delivery)`` it; transient SMTP errors are retried
+    with backoff up to MAIL_RETRY_ATTEMPTS, and the failure is recorded when it is final."""
     from flask import current_app
 
     from app.email import backoff_seconds, describe_failure, is_transient
@@ -61,7 +72,7 @@ def send_welcome_email(self, delivery_id: int) -> str:
     if delivery is None:
         return "not pending"
     try:
-        sent = welcome.send_welcome(delivery)
+        sent = send(delivery)
     except Exception as exc:
         db.session.rollback()
         reason = describe_failure(exc)
@@ -70,27 +81,31 @@ def send_welcome_email(self, delivery_id: int) -> str:
             outbox.record_failure(delivery_id, reason, final=False)
             countdown = backoff_seconds(delivery.attempts - 1, config["MAIL_RETRY_BACKOFF"],
                                         config["MAIL_RETRY_BACKOFF_MAX"])
-            raise self.retry(exc=exc, countdown=countdown)
+            raise task.retry(exc=exc, countdown=countdown)
         outbox.record_failure(delivery_id, reason, final=True)
         return f"failed: {reason}"
-    return "sent" if sent else "skipped: the user was deleted"
+    return "sent" if sent else "skipped"
 
 
 @celery.task
 def requeue_stalled_emails() -> int:
-    """Re-send welcome emails whose enqueue failed (celery beat runs this every 5 minutes)."""
-    return welcome.requeue_stalled_deliveries()
+    """Re-send welcome and reset emails whose enqueue failed (celery beat runs this every
+    5 minutes)."""
+    return welcome.requeue_stalled_deliveries() + password_reset.requeue_stalled()
+
+
+_OUTBOX_TASKS = {send_welcome_email.name, send_password_reset_email.name}
 
 
 @task_failure.connect
 def _after_a_refused_context(sender=None, task_id=None, exception=None, args=None, **_kwargs) -> None:
     """A task refused for its request context ran nothing (the extension logged why):
-    end its Task row with a reason instead of leaving it running; a welcome email
+    end its Task row with a reason instead of leaving it running; an outbox email
     forgets the context and stays pending, for the next re-send, so it is not lost."""
     if not isinstance(exception, ContextRefused) or celery.flask_app is None:
         return
     with celery.flask_app.app_context():
-        if getattr(sender, "name", None) == send_welcome_email.name and args:
-            welcome.forget_request_context(args[0])
+        if getattr(sender, "name", None) in _OUTBOX_TASKS and args:
+            outbox.forget_request_context(args[0])
         else:
             finish_task(task_id, error=CONTEXT_REFUSED_MESSAGE)

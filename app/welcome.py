@@ -12,7 +12,7 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 from flask import current_app, has_request_context, render_template, url_for
-from flask_celery_request import CONTEXT_HEADER, current_context
+from flask_celery_request import current_context
 
 from app import outbox
 from app.email import send_email
@@ -59,33 +59,7 @@ def init_app(app, send_task) -> None:
 def enqueue(delivery_id: int, token: str | None, countdown: float | None = None) -> bool:
     """Send the delivery's task; False (logged, row left pending) if the broker is down."""
     delay = current_app.config["WELCOME_EMAIL_DELAY"] if countdown is None else countdown
-    headers = {CONTEXT_HEADER: token} if token else None
-    try:
-        current_app.extensions[_SEND_TASK_KEY].apply_async((delivery_id,), countdown=delay, headers=headers)
-    except Exception as exc:
-        current_app.logger.warning("Could not enqueue welcome email %s (%r); it stays pending "
-                                   "and will be re-sent", delivery_id, exc)
-        return False
-    return True
-
-
-def forget_request_context(delivery_id: int) -> bool:
-    """Forget a pending delivery's recorded request context (the worker refused it:
-    expired, or sealed with a key no longer held). The row stays pending, so
-    :func:`requeue_stalled_deliveries` sends it again, from outside any request: its
-    links are then built on ``SERVER_NAME``. Not re-sent from here: a task sent from the
-    refused task would inherit the refused context."""
-    forgotten = db.session.execute(
-        sa.update(EmailDelivery)
-        .where(EmailDelivery.id == delivery_id, EmailDelivery.status == DeliveryStatus.PENDING)
-        .values(request_context=None, updated=utcnow())
-    ).rowcount
-    db.session.commit()
-    if not forgotten:
-        return False
-    current_app.logger.warning("Welcome email %s: its request context was refused; it will be "
-                               "re-sent without, with links on SERVER_NAME", delivery_id)
-    return True
+    return outbox.enqueue(current_app.extensions[_SEND_TASK_KEY], delivery_id, token, countdown=delay)
 
 
 def requeue_stalled_deliveries(grace: timedelta = timedelta(minutes=10)) -> int:

@@ -225,9 +225,9 @@ class Bench:
         self.args = args
         self.worker_pids: dict[str, int] = {}  # side -> worker main process
         self.redis_pid: int | None = None
-        self.user_id = _create_bench_user(self.flask_app)
+        self.user_id, self.session_id = _create_bench_user(self.flask_app)
         serializer = self.flask_app.session_interface.get_signing_serializer(self.flask_app)
-        self.session_cookie = serializer.dumps({"_user_id": str(self.user_id), "_fresh": True})
+        self.session_cookie = serializer.dumps({"_user_id": self.session_id, "_fresh": True})
         self._environ, self._body = self._template_environ()
 
     # The realistic request -----------------------------------------------------------
@@ -286,7 +286,7 @@ class Bench:
                 parsed = "form" in request.__dict__
                 if (loaded, parsed) != ((True, True) if case == LOADED else (False, False)):
                     raise RuntimeError(f"{case}: user loaded {loaded}, form parsed {parsed}")
-                if case == LOADED and current_user.get_id() != str(self.user_id):
+                if case == LOADED and current_user.get_id() != self.session_id:
                     raise RuntimeError(f"the session cookie signs in {current_user.get_id()!r}, "
                                        f"not the bench user {self.user_id}")
                 if ENVIRON_TOKEN_KEY in environ:
@@ -349,7 +349,7 @@ class Bench:
                         problems.append(f"replayed form {form}")
                     if "cookie" in headers or "x-request-id" not in headers:
                         problems.append(f"replayed headers {sorted(headers)}")
-                    if seen["user"] != str(self.user_id):
+                    if seen["user"] != self.session_id:
                         problems.append(f"replayed user {seen['user']!r}, not {self.user_id}")
             if problems:
                 raise RuntimeError(f"the {side} worker: " + "; ".join(problems))
@@ -544,7 +544,7 @@ class Bench:
             self.view_work(LOADED)
             token = current_context()
             live = (request.url, request.method, sorted((k, v) for k, v in request.form.items(multi=True)
-                                                        if k != "csrf_token"), str(self.user_id))
+                                                        if k != "csrf_token"), self.session_id)
         opened = sealer.open(token)
         anonymous = {key: value for key, value in opened.items() if key != "u"}
 
@@ -596,9 +596,9 @@ def _nothing() -> None:
     return None
 
 
-def _create_bench_user(flask_app) -> int:
+def _create_bench_user(flask_app) -> tuple[int, str]:
     """The bench's signed-in user, a real row of its SQLite database (tables created
-    here). Inserted with a Core INSERT so that the app's after_insert hook does not
+    here), and the id its sessions name it by (``User.get_id()``). Inserted with a Core INSERT so that the app's after_insert hook does not
     enqueue a welcome email to the shared broker."""
     import sqlalchemy as sa
 
@@ -609,12 +609,13 @@ def _create_bench_user(flask_app) -> int:
         db.create_all()
         user = User(**BENCH_USER)
         user.set_password("bench-password-not-a-secret")
-        user_id = db.session.execute(
-            sa.insert(User).values(**BENCH_USER, password_hash=user.password_hash).returning(User.id)
-        ).scalar_one()
+        user_id, token = db.session.execute(
+            sa.insert(User).values(**BENCH_USER, password_hash=user.password_hash)
+            .returning(User.id, User.session_token)
+        ).one()
         db.session.commit()
         db.session.remove()
-    return user_id
+    return user_id, f"{user_id}:{token}"
 
 
 # --- report ----------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from uuid import uuid4
 
 import pytest
 import sqlalchemy as sa
@@ -73,7 +74,13 @@ def base_environ(tmp_path: Path, redis_service: RedisService, smtp_server, datab
         "MAIL_PORT": str(controller.port),
         "INSTANCE_PATH": str(tmp_path / "instance"),
         "EXPORTS_DIR": str(tmp_path / "instance" / "exports"),
+        # Rate-limit counters of this stack alone, in the shared Redis database.
+        "RATELIMIT_KEY_PREFIX": rate_limit_prefix(),
     }
+
+
+def rate_limit_prefix() -> str:
+    return f"test-{uuid4().hex}"
 
 
 @pytest.fixture
@@ -224,7 +231,7 @@ def live_stack(tmp_path_factory, redis_service, smtp_server):
 @pytest.fixture
 def live_app(live_stack):
     """An app on the live stack's database; every table is emptied after the test."""
-    app = create_app(TestingConfig(live_stack.environ))
+    app = create_app(TestingConfig({**live_stack.environ, "RATELIMIT_KEY_PREFIX": rate_limit_prefix()}))
     yield app
     empty_database(app)
     with app.app_context():

@@ -52,7 +52,7 @@ def test_register_then_login_page_congratulates(auth):
         ({"username": "ab"}, "Field must be between 3 and 64 characters long."),
         ({"username": "x" * 65}, "Field must be between 3 and 64 characters long."),
         ({"email": "not-an-email"}, "Invalid email address."),
-        ({"password": "short12"}, "Field must be between 8 and 256 characters long."),
+        ({"password": "short12"}, "Use at least 8 characters."),
         ({"password2": "different horse"}, "Passwords must match."),
         ({"username": ""}, "This field is required."),
         ({"email": ""}, "This field is required."),
@@ -252,3 +252,34 @@ def test_logged_in_user_is_redirected_away_from(auth, path):
     response = auth.client.get(path)
     assert response.status_code == 302
     assert response.headers["Location"] == "/"
+
+
+# --- usernames: matched whole, NFKC, unique whatever the case -----------------------------
+
+
+@pytest.mark.parametrize("username", ["bob\n", "bob\r\n", " bob", "bob ", "bo\tb"])
+def test_a_username_with_whitespace_or_a_trailing_newline_is_refused(app, auth, username):
+    response = auth.register(username, email="bob@example.com")
+    assert response.status_code == 400
+    assert "Use letters, digits, dots, dashes and underscores only." in form_errors(response)
+    assert usernames(app) == []
+
+
+def test_a_full_width_username_is_stored_in_plain_characters(app, auth):
+    assert auth.register("ｂｏｂ", email="bob@example.com").status_code == 302
+    assert usernames(app) == ["bob"]
+
+
+def test_a_full_width_copy_of_a_taken_name_is_taken(app, auth):
+    assert auth.register("bob").status_code == 302
+    response = auth.register("ＢＯＢ", email="other@example.com")
+    assert response.status_code == 400
+    assert "That username is taken; please choose another." in form_errors(response)
+    assert usernames(app) == ["bob"]
+
+
+def test_sign_in_finds_the_account_whatever_the_case_and_width(app, auth):
+    assert auth.register("bob").status_code == 302
+    for typed in ("BOB", "ｂｏｂ"):
+        assert auth.login(typed).status_code == 302, typed
+        auth.logout()

@@ -209,3 +209,26 @@ def test_email_helpers_classify_failures_and_back_off_with_jitter():
     assert [backoff_seconds(n, 10, 1000, rand=lambda: 1.0) for n in range(4)] == [10, 20, 40, 80]
     assert backoff_seconds(20, 10, 1000, rand=lambda: 1.0) == 1000
     assert backoff_seconds(3, 10, 1000, rand=lambda: 0.0) == 40
+
+
+# --- the password-reset email goes through the same outbox and retry policy -----------------
+
+
+def test_a_reset_email_is_retried_like_the_welcome_email_until_the_smtp_server_returns(welcome_app, smtp_up):
+    from app.password_reset import KIND as RESET
+
+    auth = AuthActions(welcome_app.test_client(), base_url=SITE)
+    assert auth.register("rhea").status_code == 302
+    token = auth.csrf_token("/auth/reset_password_request")
+    assert auth.post("/auth/reset_password_request",
+                     data={"email": "rhea@example.com", "csrf_token": token}).status_code == 302
+    with welcome_app.app_context():
+        reset_id = db.session.scalar(sa.select(EmailDelivery.id).where(EmailDelivery.kind == RESET))
+    failed_once = _wait_for_status(welcome_app, reset_id, DeliveryStatus.RETRYING)
+    assert "Connection refused" in failed_once.last_error or "ConnectionRefused" in failed_once.last_error
+
+    sink = smtp_up()
+    (message,) = sink.wait_for(1, timeout=30, subject="Reset your password")
+    assert message.recipients == ["rhea@example.com"]
+    assert any(link.startswith(f"{SITE}auth/reset_password/") for link in _links(message))
+    assert _wait_for_status(welcome_app, reset_id, DeliveryStatus.SENT).attempts >= 2

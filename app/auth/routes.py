@@ -1,12 +1,14 @@
+"""Signing up, in and out; changing and resetting a password."""
 from urllib.parse import urlsplit
 
-import sqlalchemy as sa
-from flask import flash, redirect, render_template, request, url_for
-from flask_login import current_user, login_user, logout_user
+from flask import current_app, flash, redirect, render_template, request, session, url_for
+from flask_login import current_user, login_required, login_user, logout_user
 from sqlalchemy.exc import IntegrityError
 
+from app import accounts, password_reset
 from app.auth import bp
-from app.auth.forms import LoginForm, LogoutForm, RegistrationForm
+from app.auth.forms import (ChangePasswordForm, LoginForm, LogoutForm, RegistrationForm, ResetPasswordForm,
+                            ResetPasswordRequestForm)
 from app.extensions import db
 from app.models import User
 
@@ -19,20 +21,29 @@ def _safe_next(target: str | None) -> str:
     return target
 
 
+def _sign_in(user: User, remember: bool) -> None:
+    """A new session for the signed-in user: nothing of the anonymous one carries over."""
+    session.clear()
+    login_user(user, remember=remember)
+
+
+def _form_page(template: str, title: str, form, status: int | None = None):
+    return render_template(template, title=title, form=form), status or (400 if form.errors else 200)
+
+
 @bp.route("/login", methods=["GET", "POST"])
 def login():
     if current_user.is_authenticated:
         return redirect(url_for("main.index"))
     form = LoginForm()
     if form.validate_on_submit():
-        user = db.session.scalar(sa.select(User).where(User.username == form.username.data))
+        user = accounts.user_by_name(form.username.data)
         if user is None or not user.check_password(form.password.data):
             flash("Invalid username or password.", "danger")
-            return render_template("auth/login.html", title="Sign in", form=form), 401
-        login_user(user, remember=form.remember_me.data)
+            return _form_page("auth/login.html", "Sign in", form, 401)
+        _sign_in(user, remember=form.remember_me.data)
         return redirect(_safe_next(request.args.get("next")))
-    status = 400 if form.errors else 200
-    return render_template("auth/login.html", title="Sign in", form=form), status
+    return _form_page("auth/login.html", "Sign in", form)
 
 
 @bp.route("/logout", methods=["GET", "POST"])
@@ -41,6 +52,8 @@ def logout():
     form = LogoutForm()
     if not form.validate_on_submit():
         return render_template("auth/logout.html", title="Log out", form=form)
+    if current_user.is_authenticated:
+        accounts.end_all_sessions(current_user)  # on every device, remember-me cookies too
     logout_user()
     flash("You have been logged out.", "info")
     return redirect(url_for("auth.login"))
@@ -61,8 +74,53 @@ def register():
             # Two registrations raced past the form's checks; the unique index decided.
             db.session.rollback()
             form.username.errors.append("That username or email was just taken; please choose another.")
-            return render_template("auth/register.html", title="Register", form=form), 409
+            return _form_page("auth/register.html", "Register", form, 409)
         flash("Congratulations, you are now a registered user! Please sign in.", "success")
         return redirect(url_for("auth.login"))
-    status = 400 if form.errors else 200
-    return render_template("auth/register.html", title="Register", form=form), status
+    return _form_page("auth/register.html", "Register", form)
+
+
+@bp.route("/change_password", methods=["GET", "POST"])
+@login_required
+def change_password():
+    user = current_user._get_current_object()
+    form = ChangePasswordForm(user)
+    if form.validate_on_submit():
+        accounts.change_password(user, form.password.data)
+        remembered = current_app.config.get("REMEMBER_COOKIE_NAME", "remember_token") in request.cookies
+        logout_user()  # this browser's old session and remember-me cookie go too...
+        _sign_in(user, remember=remembered)  # ...and it is signed in again with the new token
+        flash("Your password has been changed, and you have been signed out everywhere else.", "success")
+        return redirect(url_for("main.user", username=user.username))
+    return _form_page("auth/change_password.html", "Change password", form)
+
+
+@bp.route("/reset_password_request", methods=["GET", "POST"])
+def reset_password_request():
+    if current_user.is_authenticated:
+        return redirect(url_for("main.index"))
+    form = ResetPasswordRequestForm()
+    if form.validate_on_submit():
+        password_reset.request_reset(form.email.data)
+        # The same words whether or not the address has an account.
+        minutes = current_app.config["PASSWORD_RESET_MAX_AGE"] // 60
+        flash("If an account has that address, an email with a link to reset its password is on its way. "
+              f"The link works once, for {minutes} minutes.", "info")
+        return redirect(url_for("auth.login"))
+    return _form_page("auth/reset_password_request.html", "Reset your password", form)
+
+
+@bp.route("/reset_password/<token>", methods=["GET", "POST"])
+def reset_password(token: str):
+    if current_user.is_authenticated:
+        return redirect(url_for("main.index"))
+    user = password_reset.user_for_token(token)
+    if user is None:
+        flash("That password-reset link has expired or has already been used. Ask for a new one here.", "danger")
+        return redirect(url_for("auth.reset_password_request"))
+    form = ResetPasswordForm(user)
+    if form.validate_on_submit():
+        password_reset.reset_password(user, form.password.data)
+        flash("Your password has been reset. Please sign in with it.", "success")
+        return redirect(url_for("auth.login"))
+    return _form_page("auth/reset_password.html", "Choose a new password", form)

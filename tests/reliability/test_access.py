@@ -37,7 +37,8 @@ from tests.conftest import TEST_SECRET_KEY, AuthActions, csrf_token_in
 PASSWORD = "correct horse"
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 #: GET pages anyone may open. Everything else must send a visitor to the login page.
-PUBLIC_ENDPOINTS = frozenset({"static", "auth.login", "auth.register", "auth.logout", "health.healthz"})
+PUBLIC_ENDPOINTS = frozenset({"static", "auth.login", "auth.register", "auth.logout", "health.healthz",
+                              "auth.reset_password_request", "auth.reset_password"})
 #: What Flask-WTF's CSRFError looks like once our error handler has rendered it.
 CSRF_REFUSAL = "The form could not be accepted"
 #: Requests that would succeed with the right token, so a refusal is the token's doing.
@@ -46,6 +47,10 @@ VALID_FORMS = {
     "auth.register": {"username": "carol", "email": "carol@example.com",
                       "password": PASSWORD, "password2": PASSWORD},
     "auth.logout": {},
+    "auth.reset_password_request": {"email": "ann@example.com"},
+    # The same password again: the next iteration signs in with it.
+    "auth.change_password": {"current_password": PASSWORD, "password": PASSWORD, "password2": PASSWORD},
+    "auth.reset_password": {"password": PASSWORD, "password2": PASSWORD},
     "main.index": {"post": "a post that must never be stored"},
     "main.send_ping": {},
     "main.export_posts": {},
@@ -98,6 +103,14 @@ def add_user(username: str) -> int:
     db.session.add(user)
     db.session.commit()
     return user.id
+
+
+def reset_token(app, username: str) -> str:
+    """A working password-reset token of ``username``."""
+    from app.password_reset import make_token
+
+    with app.app_context():
+        return make_token(db.session.scalar(sa.select(User).where(User.username == username)))
 
 
 def logged_in(app, username: str) -> AuthActions:
@@ -189,7 +202,8 @@ def test_no_page_shows_another_users_progress_alert(app, ann_and_bob):
     """Every GET rule, built with ann's and bob's names and task ids, opened by bob."""
     ann_ids, bob_ids, _ = ann_and_bob
     bob = logged_in(app, "bob")
-    samples = {"username": ["ann", "bob"], "task_id": [*ann_ids, *bob_ids], "filename": ["tasks.js"]}
+    samples = {"username": ["ann", "bob"], "task_id": [*ann_ids, *bob_ids], "filename": ["tasks.js"],
+               "token": [reset_token(app, "ann")]}
     pages = [url for rule, _ in rules(app, frozenset({"GET"})) for url in build(rule, samples)]
     assert {"/", "/index", "/user/ann", "/activity", f"/tasks/{ann_ids[0]}"} <= set(pages)
     shown_to_bob = 0
@@ -222,7 +236,7 @@ class _OldSigner(TimestampSigner):
 
 def _token_variants(app, auth: AuthActions) -> Iterator[tuple[str, dict, dict]]:
     """(problem, extra form fields, extra headers): every way of not having a valid token."""
-    auth.get("/auth/login")  # the visitor has a session with a CSRF secret in it
+    auth.get("/auth/logout")  # a form page for anyone: the session gets a CSRF secret
     with auth.client.session_transaction() as session:
         raw = session.get("csrf_token")
     assert raw, "visiting a form page must put a CSRF secret in the session"
@@ -252,11 +266,13 @@ def test_every_state_changing_request_without_a_valid_csrf_token_is_400(app, log
     auth = logged_in(app, logged_in_as) if logged_in_as else AuthActions(app.test_client())
     variants = list(_token_variants(app, auth))
     before = _snapshot(app, auth)
-    assert before[1] == (None if logged_in_as is None else str(2))
+    signed_in_as = None if before[1] is None else before[1].partition(":")[0]
+    assert signed_in_as == (None if logged_in_as is None else str(2))
     failures = []
     checked = 0
     for rule, method in rules(app, STATE_CHANGING):
-        for url in build(rule, {"username": ["ann"], "task_id": [str(uuid.uuid4())]}):
+        for url in build(rule, {"username": ["ann"], "task_id": [str(uuid.uuid4())],
+                                "token": [reset_token(app, "ann")]}):
             form = VALID_FORMS.get(rule.endpoint, {})
             for problem, fields, headers in variants:
                 response = auth.client.open(url, method=method, data={**form, **fields},
@@ -279,7 +295,8 @@ def test_the_same_requests_with_the_real_token_get_past_csrf(app, logged_in_as):
     with app.app_context():
         add_user("ann"), add_user("bob")
     for rule, method in rules(app, STATE_CHANGING):
-        for url in build(rule, {"username": ["ann"], "task_id": [str(uuid.uuid4())]}):
+        for url in build(rule, {"username": ["ann"], "task_id": [str(uuid.uuid4())],
+                                "token": [reset_token(app, "ann")]}):
             auth = logged_in(app, logged_in_as) if logged_in_as else AuthActions(app.test_client())
             token = auth.csrf_token("/" if logged_in_as else "/auth/login")
             response = auth.client.open(url, method=method,
@@ -305,7 +322,8 @@ def test_every_private_page_redirects_a_visitor_to_login_with_next(app):
     with app.app_context():
         ann_id = add_user("ann")
         finished = finished_export(ann_id)
-    samples = {"username": ["ann", "nobody-by-that-name"], "task_id": [finished, str(uuid.uuid4())]}
+    samples = {"username": ["ann", "nobody-by-that-name"], "task_id": [finished, str(uuid.uuid4())],
+               "token": [reset_token(app, "ann")]}
     pages = _login_required_pages(app, samples)
     assert {"/", "/index", "/user/ann", "/user/nobody-by-that-name", f"/tasks/{finished}",
             f"/exports/{finished}", "/activity"} <= set(pages)
@@ -344,11 +362,13 @@ def test_post_only_private_rules_also_send_a_visitor_to_login(app):
 
 
 def test_the_public_pages_do_not_ask_for_a_login(app):
+    with app.app_context():
+        add_user("ann")
     client = app.test_client()
     for rule, _ in rules(app, frozenset({"GET"})):
         if rule.endpoint not in PUBLIC_ENDPOINTS:
             continue
-        for url in build(rule, {"filename": ["tasks.js"]}):
+        for url in build(rule, {"filename": ["tasks.js"], "token": [reset_token(app, "ann")]}):
             response = client.get(url)
             assert not response.headers.get("Location", "").startswith("/auth/login"), url
             assert response.status_code in (200, 503), url  # /healthz answers 503 if the broker is down

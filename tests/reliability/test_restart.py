@@ -41,7 +41,7 @@ from app.models import DeliveryStatus, EmailDelivery, Task, TaskState, User
 from config import TestingConfig, redis_socket_url
 from devservers.redis_server import start_redis
 from tests.conftest import TEST_SECRET_KEY, AuthActions, empty_database
-from tests.support.services import BIN, ROOT, WorkerProcess, _die_with_parent, wait_until
+from tests.support.services import BIN, ROOT, WorkerProcess, _die_with_parent, queued_and_unacked, wait_until
 
 EXPORT_SUBJECT = "Your posts are ready"
 WELCOME_SUBJECT = "Welcome to Microblog"
@@ -244,9 +244,7 @@ class Stack:
 
     def queued(self) -> dict[str, int]:
         """Messages waiting in each non-empty queue, and delivered-but-unacknowledged ones."""
-        client = self.redis_client()
-        waiting = {key.decode(): client.llen(key) for key in client.keys("*") if client.type(key) == b"list"}
-        return {**{k: n for k, n in waiting.items() if n}, "unacked": client.hlen("unacked")}
+        return queued_and_unacked(self.redis_client())
 
     def wait_until_idle(self, timeout: float = 30) -> None:
         hostname = self.worker.hostname

@@ -29,7 +29,7 @@ from app.extensions import celery, db
 from app.models import AuditEvent, Task, TaskState, User
 from config import TestingConfig
 from tests.conftest import AuthActions, empty_database
-from tests.support.services import RedisService, WorkerProcess, wait_until
+from tests.support.services import RedisService, WorkerProcess, queued_and_unacked, wait_until
 
 SITE = "https://crash.example.org/"
 EXPORT_SUBJECT = "Your posts are ready"
@@ -64,9 +64,7 @@ class CrashStack:
 
     def queued_and_unacked(self) -> dict[str, int]:
         """Messages waiting in any queue, and messages delivered but not acknowledged."""
-        waiting = {key.decode(): self.redis.llen(key) for key in self.redis.keys("*")
-                   if self.redis.type(key) == b"list"}
-        return {**{k: n for k, n in waiting.items() if n}, "unacked": self.redis.hlen("unacked")}
+        return queued_and_unacked(self.redis)
 
     def deliveries(self) -> list[tuple[bytes, float]]:
         """Unacknowledged messages: delivery tag and when it was delivered (kombu's index)."""

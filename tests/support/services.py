@@ -59,6 +59,18 @@ EMBEDDED_DATABASES = 32
 EXTERNAL_DEFAULT_DATABASES = 16
 
 
+#: Where the ``limits`` package (Flask-Limiter) keeps its counters, next to the queues.
+RATE_LIMIT_KEYS = b"LIMITS:"
+
+
+def queued_and_unacked(client: redis.Redis) -> dict[str, int]:
+    """Messages waiting in each non-empty queue of a Redis broker database, and those
+    delivered but not acknowledged (kombu's ``unacked``); rate-limit counters are not queues."""
+    waiting = {key.decode(): client.llen(key) for key in client.keys("*")
+               if client.type(key) == b"list" and not key.startswith(RATE_LIMIT_KEYS)}
+    return {**{k: n for k, n in waiting.items() if n}, "unacked": client.hlen("unacked")}
+
+
 class RedisService:
     """A real Redis: the embedded redis-server on a unix socket, or ``REDIS_URL`` when set.
 
