@@ -91,11 +91,12 @@ def app_environ(tmp_path, redis_service, smtp_server, unit_redis_db) -> dict[str
 
 @pytest.fixture
 def make_app(app_environ):
-    """Build an app on the test's fresh database, with settings overridden by name."""
+    """Build an app on the test's fresh database, with settings overridden by name (of
+    ``config_class``, TestingConfig unless given)."""
     made = []
 
-    def make(**overrides: str):
-        app = create_app(TestingConfig({**app_environ, **overrides}))
+    def make(config_class: type = TestingConfig, **overrides: str):
+        app = create_app(config_class({**app_environ, **overrides}))
         with app.app_context():
             db.create_all()
         made.append(app)

@@ -5,8 +5,6 @@ from pathlib import Path
 import pytest
 from flask import abort
 
-from app import create_app
-from app.extensions import db
 from config import DevelopmentConfig, ProductionConfig, TestingConfig
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "app" / "templates"
@@ -24,24 +22,6 @@ STRICT_REFERRER_POLICIES = {"strict-origin-when-cross-origin", "strict-origin", 
 def csp_directives(response) -> dict[str, str]:
     header = response.headers["Content-Security-Policy"]
     return {name: value for name, _, value in (part.strip().partition(" ") for part in header.split(";"))}
-
-
-@pytest.fixture
-def make_config_app(app_environ):
-    """An app of a given config class on the test's database (disposed afterwards)."""
-    made = []
-
-    def make(config_class, **overrides: str):
-        app = create_app(config_class({**app_environ, **overrides}))
-        with app.app_context():
-            db.create_all()
-        made.append(app)
-        return app
-
-    yield make
-    for app in made:
-        with app.app_context():
-            db.engine.dispose()
 
 
 @pytest.fixture
@@ -94,8 +74,8 @@ def test_the_policy_allows_no_inline_script_or_style(client):
     assert not {"script-src", "style-src", "style-src-attr"} & set(csp_directives(client.get("/")))
 
 
-def test_a_refused_host_still_gets_the_headers(make_config_app):
-    app = make_config_app(ProductionConfig, **PRODUCTION)
+def test_a_refused_host_still_gets_the_headers(make_app):
+    app = make_app(ProductionConfig, **PRODUCTION)
     response = app.test_client().get("/auth/login", base_url="https://evil.example")
     assert response.status_code == 400
     assert csp_directives(response) == EXPECTED_CSP
@@ -118,8 +98,8 @@ def test_no_template_has_inline_script_or_style():
 # --- HSTS, https redirects and cookie flags follow the config ---------------------------
 
 
-def test_production_sends_hsts_on_https(make_config_app):
-    client = make_config_app(ProductionConfig, **PRODUCTION).test_client()
+def test_production_sends_hsts_on_https(make_app):
+    client = make_app(ProductionConfig, **PRODUCTION).test_client()
     direct = client.get("/auth/login", base_url="https://microblog.example")
     proxied = client.get("/auth/login", base_url="http://microblog.example",
                          headers={"X-Forwarded-Proto": "https"})
@@ -130,15 +110,15 @@ def test_production_sends_hsts_on_https(make_config_app):
     assert "Strict-Transport-Security" not in plain.headers
 
 
-def test_security_hsts_turns_it_off_in_production(make_config_app):
-    client = make_config_app(ProductionConfig, **PRODUCTION, SECURITY_HSTS="0").test_client()
+def test_security_hsts_turns_it_off_in_production(make_app):
+    client = make_app(ProductionConfig, **PRODUCTION, SECURITY_HSTS="0").test_client()
     response = client.get("/auth/login", base_url="https://microblog.example")
     assert "Strict-Transport-Security" not in response.headers
 
 
-def test_each_app_keeps_its_own_hsts_setting(make_config_app):
-    testing = make_config_app(TestingConfig).test_client()
-    production = make_config_app(ProductionConfig, **PRODUCTION).test_client()
+def test_each_app_keeps_its_own_hsts_setting(make_app):
+    testing = make_app(TestingConfig).test_client()
+    production = make_app(ProductionConfig, **PRODUCTION).test_client()
     # Built before the production app, used after it: its own setting still holds.
     assert "Strict-Transport-Security" not in testing.get("/auth/login", base_url="https://localhost").headers
     response = production.get("/auth/login", base_url="https://microblog.example")
@@ -146,8 +126,8 @@ def test_each_app_keeps_its_own_hsts_setting(make_config_app):
 
 
 @pytest.mark.parametrize("config_class", [DevelopmentConfig, TestingConfig])
-def test_development_and_testing_send_no_hsts(make_config_app, config_class):
-    client = make_config_app(config_class).test_client()
+def test_development_and_testing_send_no_hsts(make_app, config_class):
+    client = make_app(config_class).test_client()
     assert "Strict-Transport-Security" not in client.get("/auth/login", base_url="https://localhost").headers
 
 
@@ -157,8 +137,8 @@ def test_development_and_testing_send_no_hsts(make_config_app, config_class):
     # TLS ends at the proxy, which redirects; a plain-http probe of /healthz must get its answer.
     (ProductionConfig, PRODUCTION, "http://microblog.example"),
 ], ids=["development", "testing", "production"])
-def test_plain_http_is_answered_not_redirected_to_https(make_config_app, config_class, environ, base_url):
-    client = make_config_app(config_class, **environ).test_client()
+def test_plain_http_is_answered_not_redirected_to_https(make_app, config_class, environ, base_url):
+    client = make_app(config_class, **environ).test_client()
     for path in ("/auth/login", "/healthz"):
         assert client.get(path, base_url=base_url).status_code == 200
 
@@ -169,14 +149,14 @@ def session_cookie_flags(response) -> set[str]:
 
 
 @pytest.mark.parametrize("config_class", [DevelopmentConfig, TestingConfig])
-def test_the_session_cookie_is_not_secure_on_plain_http_development(make_config_app, config_class):
-    client = make_config_app(config_class).test_client()
+def test_the_session_cookie_is_not_secure_on_plain_http_development(make_app, config_class):
+    client = make_app(config_class).test_client()
     flags = session_cookie_flags(client.get("/auth/login", base_url="http://127.0.0.1:5000"))
     assert "secure" not in flags  # or the browser would never send it back over http
     assert {"httponly", "samesite"} <= flags
 
 
-def test_the_session_cookie_is_secure_in_production(make_config_app):
-    client = make_config_app(ProductionConfig, **PRODUCTION).test_client()
+def test_the_session_cookie_is_secure_in_production(make_app):
+    client = make_app(ProductionConfig, **PRODUCTION).test_client()
     flags = session_cookie_flags(client.get("/auth/login", base_url="https://microblog.example"))
     assert {"secure", "httponly", "samesite"} <= flags

@@ -64,9 +64,8 @@ class LogoutForm(FlaskForm):
     submit = SubmitField("Log out")
 
 
-class ChangePasswordForm(NewPasswordMixin, FlaskForm):
-    current_password = PasswordField("Current password", validators=[DataRequired(), Length(max=256)])
-    submit = SubmitField("Change password")
+class AccountPasswordForm(NewPasswordMixin, FlaskForm):
+    """A new password for an existing account, ``user``."""
 
     def __init__(self, user: User, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -74,6 +73,11 @@ class ChangePasswordForm(NewPasswordMixin, FlaskForm):
 
     def account_names(self) -> tuple[str, str]:
         return self.user.username, self.user.email
+
+
+class ChangePasswordForm(AccountPasswordForm):
+    current_password = PasswordField("Current password", validators=[DataRequired(), Length(max=256)])
+    submit = SubmitField("Change password")
 
     def validate_current_password(self, current_password: PasswordField) -> None:
         if not self.user.check_password(current_password.data or ""):
@@ -85,12 +89,5 @@ class ResetPasswordRequestForm(FlaskForm):
     submit = SubmitField("Send me a reset link")
 
 
-class ResetPasswordForm(NewPasswordMixin, FlaskForm):
+class ResetPasswordForm(AccountPasswordForm):
     submit = SubmitField("Set my new password")
-
-    def __init__(self, user: User, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.user = user
-
-    def account_names(self) -> tuple[str, str]:
-        return self.user.username, self.user.email
