@@ -16,6 +16,7 @@ from typing import Any
 import celery as celery_package
 import pytest
 from celery import chain, chord, group
+from flask import g, session
 from flask_login import login_user
 
 from conftest import WORKER_SECRET, Worker, wait_until
@@ -179,6 +180,20 @@ def test_retry_keeps_the_context(worker: Worker) -> None:
     in_task = get(result)
     assert in_task.pop("retries") == 1
     assert in_task == expected_from(seen)
+
+
+def test_carried_values_cross_to_the_worker_and_on_to_its_children(worker: Worker) -> None:
+    module = worker.module
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    with module.flask_app.test_request_context("/values", headers={"X-Request-Id": "click-77",
+                                                                   "traceparent": traceparent}):
+        session["lang"], session["tz"] = "ru", "Asia/Shanghai"
+        g.tenant = "acme"
+        direct, parent = module.carried.delay(), module.carried_child.delay()
+    expected = {"request_id": "click-77", "locale": "ru", "timezone": "Asia/Shanghai", "tenant": "acme",
+                "traceparent": traceparent}
+    assert get(direct) == expected
+    assert get(module.carried.AsyncResult(get(parent))) == expected
 
 
 # --- refusals -------------------------------------------------------------------------------

@@ -16,10 +16,11 @@ import time
 from typing import Any
 
 import celery as celery_package
-from flask import Flask, after_this_request, request, url_for
+from flask import Flask, after_this_request, g, request, session, url_for
+from flask_babel import Babel, get_locale, get_timezone
 from flask_login import LoginManager, UserMixin, current_user
 
-from flask_celery_request import CeleryWithContext
+from flask_celery_request import CeleryWithContext, current_request_id
 
 CELERY_5_7 = tuple(celery_package.VERSION[:2]) >= (5, 7)
 
@@ -35,9 +36,13 @@ flask_app.config.update(
         "worker_hijack_root_logger": False,
         **({"task_retry_on_worker_lost": True} if CELERY_5_7 else {}),
     },
+    CELERY_CONTEXT_G_KEYS=["tenant"],
 )
 celery = CeleryWithContext(flask_app)
 login_manager = LoginManager(flask_app)
+# The language and zone come from the session, which never travels: only the carried
+# values can bring them to the worker.
+Babel(flask_app, locale_selector=lambda: session.get("lang"), timezone_selector=lambda: session.get("tz"))
 
 
 class User(UserMixin):
@@ -118,6 +123,24 @@ def path_seen(*_: Any) -> str | None:
 def collect(results: list[Any]) -> dict[str, Any]:
     """A chord body: the header's results, and its own request."""
     return {"header": results, "path": path_seen()}
+
+
+@celery.task
+def carried() -> dict[str, Any]:
+    """The values carried besides the request, as the task sees them."""
+    return {
+        "request_id": current_request_id(),
+        "locale": str(get_locale()),
+        "timezone": get_timezone().zone,
+        "tenant": g.get("tenant"),
+        "traceparent": request.headers.get("traceparent"),
+    }
+
+
+@celery.task
+def carried_child() -> str:
+    """Sends :func:`carried` from inside a task: it inherits the values too."""
+    return carried.delay().id
 
 
 @celery.task

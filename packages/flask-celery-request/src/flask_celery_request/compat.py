@@ -1,4 +1,4 @@
-"""Where Flask 3.1 and 3.2, Flask-Login 0.6 and 0.7, and Celery's internals differ.
+"""Where Flask 3.1 and 3.2, Flask-Login 0.6 and 0.7, Flask-Babel and Celery's internals differ.
 
 Every use of a private name of those libraries is in this module, so that a new
 release breaks one small file, and its tests (``tests/test_compat.py``) say which.
@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from io import BytesIO
 from typing import Any
 
-from flask import Flask, Response, has_app_context, request, session
+from flask import Flask, Response, g, has_app_context, request, session
 from flask.globals import app_ctx
 from flask.sessions import NullSession, SecureCookieSession
 
@@ -137,6 +137,25 @@ def restore_user(app: Flask, user_id: str) -> None:
     session["_user_id"] = user_id
     session["_fresh"] = False
     session["_id"] = manager._session_identifier_generator()
+
+
+# --- Flask-Babel ---------------------------------------------------------------------------
+
+
+def force_babel_timezone(name: str) -> None:
+    """Make ``name`` the time zone of the pushed context, as ``force_locale`` does for
+    the locale (Flask-Babel 4 has no ``force_timezone``): ``get_timezone()`` caches its
+    choice as ``babel_tzinfo`` on the namespace it keeps in ``g``. A later
+    ``flask_babel.refresh()`` asks the app's selector again."""
+    from flask_babel import get_timezone
+    from pytz import timezone  # what Flask-Babel 4's selector results become
+
+    get_timezone()  # creates the namespace, whichever Flask-Babel 4.x names it
+    namespace = g.get("_flask_babel")
+    if namespace is None:
+        raise RuntimeError("Flask-Babel keeps no _flask_babel namespace in g: this Flask-Babel "
+                           "is not supported; carry no time zone")
+    namespace.babel_tzinfo = timezone(name)
 
 
 # --- Celery --------------------------------------------------------------------------------

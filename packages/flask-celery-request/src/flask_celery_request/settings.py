@@ -72,6 +72,9 @@ CARRIED_ENVIRON_KEYS = frozenset({
 
 DEFAULT_MAX_BYTES = 64 * 1024
 DEFAULT_MAX_AGE = 7 * 24 * 3600
+DEFAULT_REQUEST_ID_HEADER = "X-Request-Id"
+#: Where ``init_app`` keeps an app's settings and sealer, in ``app.extensions``.
+EXTENSION_KEY = "flask_celery_request"
 
 #: Header verdicts.
 DROP, KEEP, SCRUB_URL = 0, 1, 2
@@ -97,6 +100,10 @@ class ContextSettings:
     sensitive: re.Pattern[str] | None
     max_bytes: int
     max_age: int
+    #: The environ key of the header a request id is read from; None: always make one.
+    request_id_key: str | None = None
+    #: The ``g`` attributes carried to the worker (``CELERY_CONTEXT_G_KEYS``).
+    g_keys: tuple[str, ...] = ()
     # Field and header names repeat from request to request, and judging one costs a few
     # microseconds: remember the verdicts, for names of an ordinary length (clients
     # choose them) and up to a bounded count, so the memory stays small.
@@ -115,6 +122,13 @@ class ContextSettings:
             raise ValueError(f"CELERY_CONTEXT_MAX_BYTES must be at least 1024, found {max_bytes}")
         if max_age < 1:
             raise ValueError(f"CELERY_CONTEXT_MAX_AGE must be a positive number of seconds, found {max_age}")
+        request_id_header = config.get("CELERY_CONTEXT_REQUEST_ID_HEADER", DEFAULT_REQUEST_ID_HEADER)
+        g_keys = config.get("CELERY_CONTEXT_G_KEYS") or ()
+        if isinstance(g_keys, str):
+            g_keys = [key.strip() for key in g_keys.split(",") if key.strip()]
+        for key in g_keys:
+            if not isinstance(key, str) or not key.isidentifier():
+                raise ValueError(f"CELERY_CONTEXT_G_KEYS must name g attributes (identifiers), found {key!r}")
         return cls(
             drop_headers=frozenset(environ_header_key(name)
                                    for name in (DEFAULT_DROP_HEADERS if headers is None else headers)),
@@ -123,6 +137,8 @@ class ContextSettings:
             if pattern != "" else None,
             max_bytes=max_bytes,
             max_age=max_age,
+            request_id_key=environ_header_key(request_id_header) if request_id_header else None,
+            g_keys=tuple(g_keys),
         )
 
     def environ_plan(self, keys: tuple[str, ...]) -> tuple[tuple[str, int], ...]:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,14 +12,20 @@ from flask import Flask, current_app, has_app_context, has_request_context, requ
 from . import compat
 from .capture import capture_request, shrink_to_fit
 from .replay import ENVIRON_TOKEN_KEY, replay_request
-from .settings import ContextSettings
+from .carry import DEFAULT_VALUE_MAX_BYTES, Carrier, Carriers
+from .request_id import TASK_REQUEST_ATTR
+from .settings import EXTENSION_KEY, ContextSettings
+from .standard import standard_carriers
 from .transport import CONTEXT_HEADER, ContextRefused, Sealer
 
 logger = logging.getLogger("flask_celery_request")
 
-EXTENSION_KEY = "flask_celery_request"
 #: Cached in the environ of a request whose context does not fit: do not try again.
 _NO_CONTEXT = ""
+#: In a live request's environ, beside its token: the captured request, and the values
+#: the token carries (a replayed request has the token alone, and passes it on as is).
+_CAPTURED_KEY = "flask_celery_request.captured"
+_SEALED_VALUES_KEY = "flask_celery_request.values"
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,7 @@ class _AppState:
 
     settings: ContextSettings
     sealer: Sealer
+    carriers: Carriers
 
     @classmethod
     def of(cls, app: Flask) -> _AppState:
@@ -37,34 +44,66 @@ class _AppState:
         return state
 
     @classmethod
-    def build(cls, app: Flask) -> _AppState:
+    def build(cls, app: Flask, carriers: Carriers | None = None) -> _AppState:
         if not app.secret_key:
             raise RuntimeError("Flask-Celery-Request encrypts request contexts with a key derived "
                                "from SECRET_KEY; set it")
         settings = ContextSettings.from_config(app.config)
         keys = [app.secret_key, *reversed(app.config.get("SECRET_KEY_FALLBACKS") or [])]
-        return cls(settings, Sealer(keys, settings))
+        return cls(settings, Sealer(keys, settings), carriers if carriers is not None else _standard())
+
+
+def _standard() -> Carriers:
+    carriers = Carriers()
+    for carrier in standard_carriers():
+        carriers.add(carrier)
+    return carriers
 
 
 def seal_current_request() -> str | None:
-    """Capture the live request and seal it: a value for :data:`CONTEXT_HEADER`, or
-    None if it does not fit in ``CELERY_CONTEXT_MAX_BYTES`` even without its body and
-    headers (logged)."""
+    """Capture the live request and the values carried with it, and seal them: a value
+    for :data:`CONTEXT_HEADER`, or None if it does not fit in ``CELERY_CONTEXT_MAX_BYTES``
+    even without its body and headers (logged)."""
     app, live, g = compat.live_request()
     state = _AppState.of(app)
-    context = capture_request(live, state.settings, compat.sender_user_id(app, live, g))
+    values = state.carriers.capture()
+    return _seal(state, capture_request(live, state.settings, compat.sender_user_id(app, live, g)), values)
+
+
+def _seal(state: _AppState, captured: dict[str, Any], values: dict[str, Any]) -> str | None:
+    context = dict(captured)
+    if values:
+        context["v"] = values
     plaintext = shrink_to_fit(context, state.sealer.encode, state.settings.max_bytes)
     return None if plaintext is None else state.sealer.seal(plaintext)
 
 
+def _seal_live(environ: dict[str, Any], token: str | None) -> str:
+    """The token of the live request with the values carried now: the request is
+    captured once, and sealed again only when a value changed since the last task."""
+    app, live, g = compat.live_request()
+    state = _AppState.of(app)
+    values = state.carriers.capture()
+    if token is not None and environ[_SEALED_VALUES_KEY] == values:
+        return token
+    captured = environ.get(_CAPTURED_KEY)
+    if captured is None:
+        captured = environ[_CAPTURED_KEY] = capture_request(live, state.settings,
+                                                            compat.sender_user_id(app, live, g))
+    token = environ[ENVIRON_TOKEN_KEY] = _seal(state, captured, values) or _NO_CONTEXT
+    environ[_SEALED_VALUES_KEY] = values
+    return token
+
+
 def current_context() -> str | None:
-    """The sealed context a task sent now would carry: the live request's (captured
-    once per request, at its first task), else the running task's; None outside both."""
+    """The sealed context a task sent now would carry: the live request's with the
+    values carried now (its request captured once, at its first task), the replayed
+    request's or the running task's as it came; None outside all three."""
     if has_request_context():
         environ = request.environ
         token = environ.get(ENVIRON_TOKEN_KEY)
-        if token is None:
-            token = environ[ENVIRON_TOKEN_KEY] = seal_current_request() or _NO_CONTEXT
+        if token is None or _SEALED_VALUES_KEY in environ:
+            token = _seal_live(environ, token)
         return token or None
     running = current_task._get_current_object()
     return None if running is None else header_from(running.request)
@@ -126,12 +165,17 @@ class ContextTask(Task):
         if token is None:
             with app.app_context():
                 return self._run(args, kwargs)
+        state = _AppState.of(app)
         try:
-            context = _AppState.of(app).sealer.open(token)
+            context = state.sealer.open(token)
         except ContextRefused as exc:
             logger.error("Refusing to run task %s[%s]: %s", self.name, self.request.id, exc)
             raise
-        with replay_request(app, context, token):
+        values = context.get("v") or {}
+        if "request_id" in values:
+            # For the worker's own lines about this run (succeeded, failed, retry).
+            setattr(self.request, TASK_REQUEST_ATTR, values["request_id"])
+        with replay_request(app, context, token), state.carriers.restored(values, self.name):
             return self._run(args, kwargs)
 
     def _run(self, args, kwargs):
@@ -165,14 +209,30 @@ class CeleryWithContext(Celery):
             main = app.import_name
         super().__init__(main, **celery_kwargs)
         self.flask_app: Flask | None = None
+        #: What travels with the request besides it: the standard values, then the app's.
+        self.carriers = _standard()
         if app is not None:
             self.init_app(app)
+
+    def carry(self, name: str, capture: Callable[[], Any], restore: Callable[[Any], Any], *,
+              required: bool = False, max_bytes: int = DEFAULT_VALUE_MAX_BYTES) -> Carrier:
+        """Carry one more value with the request of every task sent.
+
+        ``capture()`` runs in the sending request at each send and returns JSON (or None:
+        nothing to carry); ``restore(value)`` runs in the worker's replayed request before
+        the task body, and may return a context manager, held for the task's run.
+        ``required=True`` fails a task whose carried request lacks the value
+        (:class:`CarriedValueMissing`); a value above ``max_bytes`` of JSON, not JSON, or
+        whose capture raises, stops the send with :class:`ContextCaptureError`.
+        Tasks sent outside any request carry nothing, and restore nothing.
+        """
+        return self.carriers.add(Carrier(name, capture, restore, required=required, max_bytes=max_bytes))
 
     def init_app(self, app: Flask) -> None:
         """Bind ``app``: Celery settings from ``app.config["CELERY"]`` (lower-case Celery
         names), contexts sealed with its ``SECRET_KEY``. The latest app bound runs tasks
         that arrive without a Flask context."""
-        state = _AppState.build(app)
+        state = _AppState.build(app, self.carriers)
         previous = (self.conf.broker_url, self.conf.result_backend) if self.flask_app is not None else None
         self.conf.update(app.config.get("CELERY") or {})
         if previous is not None and previous != (self.conf.broker_url, self.conf.result_backend):

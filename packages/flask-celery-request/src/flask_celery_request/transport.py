@@ -177,3 +177,5 @@ def check_shape(context: Any) -> None:
             raise ContextRefused("request context binary body must be base64") from None
     if "u" in context and type(context["u"]) is not str:
         raise ContextRefused("request context user id must be a string")
+    if "v" in context and type(context["v"]) is not dict:
+        raise ContextRefused("request context carried values must be an object")
