@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery, Task, current_task
+from celery.signals import before_task_publish
 from flask import Flask, current_app, has_app_context, has_request_context, request
 
 from . import compat
@@ -122,6 +123,17 @@ def header_from(celery_request: Any) -> str | None:
         if value is None and isinstance(headers.get("headers"), Mapping):
             value = headers["headers"].get(CONTEXT_HEADER)
     return value
+
+
+@before_task_publish.connect
+def _carry_the_header_once(headers: dict[str, Any] | None = None, **_kwargs: Any) -> None:
+    """Tracing integrations copy a message's custom headers into its nested ``headers``
+    too (https://github.com/celery/celery/issues/4875; sentry-python does): our token,
+    a kilobyte or more, would then travel twice. The worker reads the top-level one."""
+    nested = headers.get("headers") if headers else None
+    if isinstance(nested, dict) and CONTEXT_HEADER in nested \
+            and nested[CONTEXT_HEADER] == headers.get(CONTEXT_HEADER):
+        del nested[CONTEXT_HEADER]
 
 
 def _with_context(headers: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
