@@ -10,5 +10,7 @@ if get_load_dotenv():
 
 from app import create_app  # noqa: E402
 from app.extensions import celery  # noqa: E402,F401
+from app.logs import configure_process_logging  # noqa: E402
 
+configure_process_logging()  # before the app: its logger then writes through the root's handler
 app = create_app()

@@ -8,6 +8,8 @@ from typing import Any
 
 from kombu import Queue
 
+from app.logs import WORKER_LOG_FORMAT, WORKER_TASK_LOG_FORMAT
+
 #: Quick give-up for web processes: a request must not hang on a dead broker or backend.
 _IMPATIENT = {"max_retries": 2, "interval_start": 0, "interval_step": 0.25, "interval_max": 0.5}
 
@@ -51,6 +53,9 @@ def celery_settings(config: Mapping[str, Any]) -> dict[str, Any]:
         # it. Workers get a patient policy back when they start (app.broker).
         "result_backend_transport_options": {"retry_policy": _IMPATIENT},
         "worker_hijack_root_logger": True,
+        # Every line says which click it belongs to (app.logs gives the records their id).
+        "worker_log_format": WORKER_LOG_FORMAT,
+        "worker_task_log_format": WORKER_TASK_LOG_FORMAT,
         "enable_utc": True,
         "timezone": "UTC",
         # Exports and emails have queues of their own, so each can get its own workers
