@@ -15,7 +15,7 @@ NEXT_VENV := .venv-next
 CELERY55_VENV := .venv-celery55
 
 .PHONY: run test system-packages test-app test-package test-package-released test-package-prerelease \
-        test-package-oldest-celery install install-dev migrate bench clean
+        test-package-oldest-celery install install-dev migrate translations bench clean
 
 $(VENV)/.python-ok:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required; found " + sys.version.split()[0] + ". Set PYTHON=python3.11 (or newer).")'
@@ -83,6 +83,39 @@ $(CELERY55_VENV)/.installed: $(VENV)/.python-ok $(PACKAGE)/pyproject.toml
 test-package-oldest-celery: $(CELERY55_VENV)/.installed
 	@$(CELERY55_VENV)/bin/python -c 'from importlib.metadata import version; print("Oldest-Celery run: celery", version("celery"), "kombu", version("kombu"))'
 	cd $(PACKAGE) && $(CURDIR)/$(CELERY55_VENV)/bin/python -m pytest -q -p no:cacheprovider
+
+# The catalogs: every marked string into messages.pot (N_ marks English stored in the
+# database, translated where shown), merged into each language's messages.po (created
+# when missing), compiled into the messages.mo files the app reads. The .mo files are
+# committed, so a fresh clone runs without this step.
+TRANSLATIONS := app/translations
+TRANSLATION_LANGUAGES := ru zh
+# pybabel compile writes an untranslated plural message with its English forms as the
+# translation (https://github.com/python-babel/babel/issues/697), so Chinese, with one
+# plural form, would say "5 minute" until it is translated: the .mo is written again
+# without such messages, and gettext falls back to English for them.
+WITHOUT_UNTRANSLATED_PLURALS := import sys; \
+	from babel.messages.pofile import read_po; from babel.messages.mofile import write_mo; \
+	catalog = read_po(open(sys.argv[1], "rb")); \
+	[catalog.delete(m.id, m.context) for m in list(catalog) if m.pluralizable and not any(m.string)]; \
+	write_mo(open(sys.argv[2], "wb"), catalog)
+
+translations: install
+	mkdir -p $(TRANSLATIONS)
+	$(BIN)/pybabel extract -F babel.cfg -k _l -k N_ -c TRANSLATORS: --sort-by-file \
+		--project=Microblog --no-wrap -o $(TRANSLATIONS)/messages.pot .
+	@for lang in $(TRANSLATION_LANGUAGES); do \
+		if [ -f $(TRANSLATIONS)/$$lang/LC_MESSAGES/messages.po ]; then \
+			$(BIN)/pybabel update --no-wrap -i $(TRANSLATIONS)/messages.pot -d $(TRANSLATIONS) -l $$lang || exit 1; \
+		else \
+			$(BIN)/pybabel init --no-wrap -i $(TRANSLATIONS)/messages.pot -d $(TRANSLATIONS) -l $$lang || exit 1; \
+		fi; \
+	done
+	$(BIN)/pybabel compile -d $(TRANSLATIONS)
+	@for lang in $(TRANSLATION_LANGUAGES); do \
+		$(BIN)/python -c '$(WITHOUT_UNTRANSLATED_PLURALS)' $(TRANSLATIONS)/$$lang/LC_MESSAGES/messages.po \
+			$(TRANSLATIONS)/$$lang/LC_MESSAGES/messages.mo || exit 1; \
+	done
 
 bench: install-dev
 	$(BIN)/python bench/context_overhead.py

@@ -135,6 +135,10 @@ class Config:
             self.CELERY_CONTEXT_DROP_HEADERS = env.list("CELERY_CONTEXT_DROP_HEADERS") or []
         if env.is_set("CELERY_CONTEXT_SENSITIVE_PATTERN"):
             self.CELERY_CONTEXT_SENSITIVE_PATTERN = env.environ["CELERY_CONTEXT_SENSITIVE_PATTERN"]
+        # The click's id comes from this header when well formed (empty: always a new one);
+        # the g attributes listed travel with the request to the worker.
+        self.CELERY_CONTEXT_REQUEST_ID_HEADER = env.text("CELERY_CONTEXT_REQUEST_ID_HEADER", "X-Request-Id")
+        self.CELERY_CONTEXT_G_KEYS = env.list("CELERY_CONTEXT_G_KEYS") or []
         #: Extra Celery settings (lower-case Celery names), merged last.
         self.CELERY: dict = {}
 
@@ -185,6 +189,13 @@ class Config:
         self.RATELIMIT_RESET_PER_ADDRESS = env.text("RATELIMIT_RESET_PER_ADDRESS", "20 per hour")
         #: Seconds a password-reset link works (once, and only until the password changes).
         self.PASSWORD_RESET_MAX_AGE = env.int("PASSWORD_RESET_MAX_AGE", 3600)
+
+        # Flask-Babel: the languages offered (app/i18n.py names them), the defaults when
+        # neither the user nor the browser says, and where the compiled catalogs are.
+        self.LANGUAGES = ["en", "ru", "zh"]
+        self.BABEL_DEFAULT_LOCALE = "en"
+        self.BABEL_DEFAULT_TIMEZONE = "UTC"
+        self.BABEL_TRANSLATION_DIRECTORIES = str(BASEDIR / "app" / "translations")
 
         self.WTF_CSRF_ENABLED = True
         self.SESSION_COOKIE_HTTPONLY = True

@@ -5,6 +5,8 @@ from flask import Flask
 from flask_talisman import Talisman
 
 from app import broker  # noqa: F401  (connects the worker's broker hooks)
+from app import logs
+from app import i18n
 from app.celery_config import celery_settings
 from app.extensions import celery, csrf, db, login, mail, migrate
 from app.extensions import CONTENT_SECURITY_POLICY
@@ -28,7 +30,9 @@ def create_app(config_class: type[Config] | Config | None = None) -> Flask:
     mail.init_app(app)
     csrf.init_app(app)
     login.init_app(app)
+    i18n.init_app(app)
     celery.init_app(app)
+    logs.init_app(app)
     # One Talisman per app: it keeps its options on itself, not on the app, so one shared by
     # several apps (the tests build many) would give all of them the last one's HSTS.
     # https://github.com/GoogleCloudPlatform/flask-talisman/issues/66

@@ -8,11 +8,25 @@ from __future__ import annotations
 
 from celery import current_task
 from flask import Flask, Response, current_app, g, request
+from flask_babel import gettext
 from flask_login import current_user
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.extensions import db
+from app.i18n import N_
 from app.models import AuditEvent
+
+#: What the activity page calls each action (msgids); the rows keep the action's code.
+ACTION_NAMES = {
+    "export_posts_requested": N_("export posts requested"),
+    "export_posts": N_("export posts"),
+}
+
+
+def action_name(action: str) -> str:
+    """An action as the activity page names it, in the user's language."""
+    name = ACTION_NAMES.get(action)
+    return gettext(name) if name else action.replace("_", " ")
 
 
 def record(action: str, detail: str | None = None, user_id: int | None = None) -> None:

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from flask import current_app
 
 from app.extensions import db
+from app.i18n import N_
 from app.jobs import release_lease, renew_lease, take_lease
 from app import outbox
 from app.models import DeliveryStatus, EmailDelivery, Post, Task, TaskState, finish_task, utcnow
@@ -187,7 +188,7 @@ def cleanup_exports(now: datetime | None = None) -> CleanupReport:
     stale = db.session.scalars(sa.select(Task).where(Task.finished.is_(None), Task.created < now - limit))
     for task in stale:
         task.state = TaskState.FAILURE
-        task.error = "The task did not finish in time and was stopped. Please try again."
+        task.error = N_("The task did not finish in time and was stopped. Please try again.")
         task.finished = now
         report.stale_tasks_failed += 1
     db.session.commit()
@@ -195,10 +196,13 @@ def cleanup_exports(now: datetime | None = None) -> CleanupReport:
 
 
 def send_export_email(user, task: Task, path: Path, count: int) -> bool:
-    """Email the user their links (and the file when small enough); True if attached."""
+    """Email the user their links (and the file when small enough), in the language of
+    the click that started the export; True if attached."""
     from flask import render_template, url_for
+    from flask_babel import gettext
 
     from app.email import Attachment, send_email
+    from app.i18n import language_of
 
     size = path.stat().st_size
     attach = size <= current_app.config["MAIL_MAX_ATTACHMENT_BYTES"]
@@ -212,13 +216,14 @@ def send_export_email(user, task: Task, path: Path, count: int) -> bool:
         retention_days=current_app.config["EXPORT_RETENTION_DAYS"],
     )
     attachments = [Attachment(f"{user.username}-posts.json", "application/json", path.read_bytes())] if attach else []
-    send_email(
-        "[Microblog] Your posts are ready",
-        [user.email],
-        render_template("email/export_posts.txt", **context),
-        render_template("email/export_posts.html", **context),
-        attachments=attachments,
-    )
+    with language_of(user):
+        send_email(
+            gettext("[Microblog] Your posts are ready"),
+            [user.email],
+            render_template("email/export_posts.txt", **context),
+            render_template("email/export_posts.html", **context),
+            attachments=attachments,
+        )
     return attach
 
 
@@ -254,7 +259,7 @@ def run_export(task_id: str, user_id: int, celery_task=None) -> str:
         return "already done"
     user = db.session.get(User, user_id)
     if user is None or task.user_id != user_id:
-        finish_task(task_id, error="The account for this export no longer exists.")
+        finish_task(task_id, error=N_("The account for this export no longer exists."))
         return "no user"
     lease_seconds = float(current_app.config["EXPORT_LEASE_SECONDS"])
     token = take_lease(task_id, lease_seconds)
@@ -286,7 +291,7 @@ def run_export(task_id: str, user_id: int, celery_task=None) -> str:
         release_lease(task_id, token)
 
 
-EMAIL_DELAYED = "Your export is ready to download. We could not email you yet and will try again."
+EMAIL_DELAYED = N_("Your export is ready to download. We could not email you yet and will try again.")
 
 
 def _set_error(task_id: str, message: str) -> None:
@@ -319,12 +324,13 @@ class ExportEmailError(ExportFailed):
 
 
 def _message_for_user(exc: Exception) -> str:
+    """What the Task row says went wrong: a msgid, stored in English and shown translated."""
     if isinstance(exc, ExportWriteError):
-        return "We could not write your export file. Please try again later."
+        return N_("We could not write your export file. Please try again later.")
     if isinstance(exc, ExportEmailError):
-        return ("Your export is ready to download from this site, "
-                "but we could not send you the email about it.")
-    return "Something went wrong while exporting your posts. Please try again later."
+        return N_("Your export is ready to download from this site, but we could not send you the email "
+                  "about it.")
+    return N_("Something went wrong while exporting your posts. Please try again later.")
 
 
 #: The email that says an export is ready, an outbox row tied to the task.

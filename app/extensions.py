@@ -1,4 +1,5 @@
 """The extension objects, created once; ``create_app`` binds them to each app."""
+from flask_babel import Babel
 from flask_celery_request import CeleryWithContext
 from flask_login import LoginManager
 from flask_mail import Mail
@@ -18,7 +19,7 @@ mail = Mail()
 csrf = CSRFProtect()
 login = LoginManager()
 login.login_view = "auth.login"
-login.login_message = "Please log in to access this page."
+babel = Babel()
 celery = CeleryWithContext(main="microblog")
 #: The Content-Security-Policy create_app hands Flask-Talisman. No inline script or style
 #: anywhere: scripts and styles are files under static/, and static/tasks.js sets the

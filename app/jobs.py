@@ -6,10 +6,16 @@ from uuid import uuid4
 
 import sqlalchemy as sa
 from flask import current_app
+from flask_babel import gettext
 from flask_celery_request import ContextCaptureError
 
 from app.extensions import db
+from app.i18n import N_, translate
 from app.models import Task, TaskState, User, utcnow
+
+#: Why a task ended before it started, as stored on its row (msgids, shown translated).
+NOT_CARRIED = N_("The request could not be carried to the background job.")
+SERVICE_UNAVAILABLE = N_("The background service is unavailable; the task was not started.")
 
 
 class TaskNotStarted(RuntimeError):
@@ -22,6 +28,7 @@ class TaskAlreadyRunning(RuntimeError):
 
 def launch_task(user: User, celery_task, description: str, *args) -> Task:
     """Record a Task row for ``user``, commit it, then enqueue ``celery_task(*args)``.
+    ``description`` is stored as given: an English msgid marked with ``N_``.
 
     Commits the session. Raises :class:`TaskAlreadyRunning` if the user has an
     unfinished task of this kind (the database enforces it).
@@ -49,21 +56,23 @@ def launch_task(user: User, celery_task, description: str, *args) -> Task:
         running = user.task_in_progress(row.name)
         if running is None:
             raise  # not the one-running-task rule: a real integrity problem
-        raise TaskAlreadyRunning(
-            f"Already in progress: {running.description.rstrip('.')} ({running.progress}%). "
-            "Please wait for it to finish."
-        ) from None
+        raise TaskAlreadyRunning(gettext(
+            "Already in progress: %(task)s (%(percent)d%%). Please wait for it to finish.",
+            task=translate(running.description).rstrip(".…"), percent=running.progress,
+        )) from None
     try:
         celery_task.apply_async(args=args, task_id=row.id)
     except Exception as exc:
         db.session.rollback()
         not_carried = isinstance(exc, ContextCaptureError)
         row.state = TaskState.FAILURE
-        row.error = (f"The request could not be carried to the background job: {exc}." if not_carried
-                     else "The background service is unavailable; the task was not started.")
+        # The stored reason is a whole msgid; the carrier's own words go to the log and to
+        # the view, which shows them to the user who sent the request.
+        row.error = NOT_CARRIED if not_carried else SERVICE_UNAVAILABLE
         row.finished = utcnow()
         db.session.commit()
         if not_carried:
+            current_app.logger.warning("Could not carry the request of %s for %s: %s", row.name, user, exc)
             raise
         current_app.logger.error("Could not enqueue %s for %s: %r", row.name, user, exc)
         raise TaskNotStarted(row.error) from exc

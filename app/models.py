@@ -50,6 +50,10 @@ class User(UserMixin, db.Model):
     #: token ends them all, everywhere.
     session_token: so.Mapped[str] = so.mapped_column(sa.String(32), default=new_session_token)
     created: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
+    #: The language the user reads the site in (app/i18n.py's codes); None: the browser's.
+    locale: so.Mapped[str | None] = so.mapped_column(sa.String(8))
+    #: The user's IANA time zone; None: the browser's, else UTC.
+    timezone: so.Mapped[str | None] = so.mapped_column(sa.String(64))
 
     posts: so.WriteOnlyMapped[Post] = so.relationship(back_populates="author", passive_deletes=True)
     tasks: so.WriteOnlyMapped[Task] = so.relationship(back_populates="user", passive_deletes=True)

@@ -16,18 +16,20 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 from flask import current_app, render_template, url_for
+from flask_babel import gettext
 from flask_celery_request import current_context
 from itsdangerous import BadData, URLSafeTimedSerializer
 
 from app import accounts, outbox
 from app.email import send_email
 from app.extensions import db
+from app.i18n import N_, language_of
 from app.models import DeliveryStatus, EmailDelivery, User, utcnow
 
 KIND = "password_reset"
 _SEND_TASK_KEY = "microblog.password_reset_task"
 _SALT = "microblog.password-reset"
-SUBJECT = "[Microblog] Reset your password"
+SUBJECT = N_("[Microblog] Reset your password")
 
 
 def init_app(app, send_task) -> None:
@@ -85,8 +87,8 @@ def reset_password(user: User, password: str) -> None:
 
 
 def send_reset(delivery: EmailDelivery) -> bool:
-    """Render and send the email (in a worker); False if there is nobody to send it to,
-    or its link would arrive already expired."""
+    """Render and send the email (in a worker), in the language of the page it was asked
+    from; False if there is nobody to send it to, or its link would arrive already expired."""
     user = db.session.get(User, delivery.user_id) if delivery.user_id is not None else None
     if user is None:
         outbox.finish(delivery.id, DeliveryStatus.SKIPPED, "no account has this address")
@@ -101,8 +103,9 @@ def send_reset(delivery: EmailDelivery) -> bool:
         request_url=url_for("auth.reset_password_request", _external=True),
         valid_minutes=max_age // 60,
     )
-    send_email(SUBJECT, [user.email], render_template("email/reset_password.txt", **context),
-               render_template("email/reset_password.html", **context))
+    with language_of(user):
+        send_email(gettext(SUBJECT), [user.email], render_template("email/reset_password.txt", **context),
+                   render_template("email/reset_password.html", **context))
     outbox.finish(delivery.id, DeliveryStatus.SENT)
     return True
 

@@ -6,10 +6,11 @@ from flask_celery_request import ContextRefused
 
 from app import outbox, password_reset, welcome
 from app.extensions import celery, db
+from app.i18n import N_
 from app.models import finish_task
 
 #: What the user reads on a job whose carried request the worker refused.
-CONTEXT_REFUSED_MESSAGE = "This job could not be verified and did not run. Please start it again."
+CONTEXT_REFUSED_MESSAGE = N_("This job could not be verified and did not run. Please start it again.")
 
 
 @celery.task(bind=True)

@@ -12,11 +12,13 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 from flask import current_app, has_request_context, render_template, url_for
+from flask_babel import gettext
 from flask_celery_request import current_context
 
 from app import outbox
 from app.email import send_email
 from app.extensions import db
+from app.i18n import language_of
 from app.models import DeliveryStatus, EmailDelivery, User, utcnow
 
 KIND = "welcome"
@@ -75,7 +77,8 @@ def requeue_stalled_deliveries(grace: timedelta = timedelta(minutes=10)) -> int:
 
 
 def send_welcome(delivery: EmailDelivery) -> bool:
-    """Render and send the email; False if there is nobody to send it to any more."""
+    """Render and send the email, in the language the visitor registered in; False if
+    there is nobody to send it to any more."""
     user = db.session.get(User, delivery.user_id) if delivery.user_id is not None else None
     if user is None:
         outbox.finish(delivery.id, DeliveryStatus.SKIPPED, "the user was deleted before the email was sent")
@@ -85,8 +88,9 @@ def send_welcome(delivery: EmailDelivery) -> bool:
         profile_url=url_for("main.user", username=user.username, _external=True),
         login_url=url_for("auth.login", _external=True),
     )
-    send_email("[Microblog] Welcome to Microblog!", [user.email],
-               render_template("email/welcome.txt", **context),
-               render_template("email/welcome.html", **context))
+    with language_of(user):
+        send_email(gettext("[Microblog] Welcome to Microblog!"), [user.email],
+                   render_template("email/welcome.txt", **context),
+                   render_template("email/welcome.html", **context))
     outbox.finish(delivery.id, DeliveryStatus.SENT)
     return True

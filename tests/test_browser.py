@@ -219,3 +219,36 @@ def test_a_bar_stops_polling_once_the_session_has_ended(browser, site, live_app)
     page.clock.run_for(POLL_MS * 20)  # covers the 3x back-off of a failed poll too
     assert page.evaluate("window.__taskPolls") == polls
     context.close()
+
+
+# --- languages and time zones ---------------------------------------------------------------
+
+
+def test_a_browser_asking_for_chinese_gets_chinese_and_its_time_zone(browser, site, live_app):
+    """Chromium set to Chinese in Shanghai: the pages come in Chinese, the switcher offers the
+    others, and the account keeps the browser's time zone (static/timezone.js's cookie)."""
+    from flask_babel import force_locale, gettext
+
+    with live_app.test_request_context(), force_locale("zh"):
+        sign_in, register, registered = gettext("Sign in"), gettext("Register"), gettext(
+            "Congratulations, you are now a registered user! Please sign in.")
+    assert sign_in != "Sign in"
+    context = browser.new_context(locale="zh-CN", timezone_id="Asia/Shanghai")
+    page = context.new_page()
+    page.goto(f"{site}/auth/login")
+    expect(page.locator("html")).to_have_attribute("lang", "zh")
+    expect(page.locator("h1")).to_have_text(sign_in)
+    expect(page.locator("form.languages button[value=ru]")).to_have_text("Русский")
+
+    page.goto(f"{site}/auth/register")  # the cookie is set by now: the first page's script set it
+    expect(page.locator("h1")).to_have_text(register)
+    page.fill("input[name=username]", "zhang")
+    page.fill("input[name=email]", "zhang@example.com")
+    page.fill("input[name=password]", "correct horse")
+    page.fill("input[name=password2]", "correct horse")
+    page.click("input[type=submit]")
+    expect(page.locator(".alert-success")).to_have_text(registered)
+    with live_app.app_context():
+        user = db.session.scalar(sa.select(User).where(User.username == "zhang"))
+        assert (user.locale, user.timezone) == ("zh", "Asia/Shanghai")
+    context.close()

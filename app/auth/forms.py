@@ -1,6 +1,8 @@
 """Account forms; every validation failure is a message on the form."""
 from __future__ import annotations
 
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, PasswordField, StringField, SubmitField
 from wtforms.validators import DataRequired, Email, EqualTo, Length, Regexp, ValidationError
@@ -11,16 +13,17 @@ from app.models import User
 
 #: The whole name, start to end: ``$`` would also match before a trailing newline.
 USERNAME_RULE = Regexp(
-    r"\A[A-Za-z0-9_.-]+\Z", message="Use letters, digits, dots, dashes and underscores only."
+    r"\A[A-Za-z0-9_.-]+\Z", message=_l("Use letters, digits, dots, dashes and underscores only.")
 )
 
 
 class NewPasswordMixin:
     """``password`` and ``password2``, checked against the account's own names."""
 
-    password = PasswordField("New password", validators=[DataRequired(), Length(max=256)])
+    password = PasswordField(_l("New password"), validators=[DataRequired(), Length(max=256)])
     password2 = PasswordField(
-        "Repeat password", validators=[DataRequired(), EqualTo("password", message="Passwords must match.")]
+        _l("Repeat password"),
+        validators=[DataRequired(), EqualTo("password", message=_l("Passwords must match."))],
     )
 
     def account_names(self) -> tuple[str, str]:
@@ -34,34 +37,36 @@ class NewPasswordMixin:
 
 
 class LoginForm(FlaskForm):
-    username = StringField("Username", validators=[DataRequired(), Length(max=64)], filters=[normalize_username])
-    password = PasswordField("Password", validators=[DataRequired(), Length(max=256)])
-    remember_me = BooleanField("Remember me")
-    submit = SubmitField("Sign in")
+    username = StringField(_l("Username"), validators=[DataRequired(), Length(max=64)],
+                           filters=[normalize_username])
+    password = PasswordField(_l("Password"), validators=[DataRequired(), Length(max=256)])
+    remember_me = BooleanField(_l("Remember me"))
+    submit = SubmitField(_l("Sign in"))
 
 
 class RegistrationForm(NewPasswordMixin, FlaskForm):
     username = StringField(
-        "Username", validators=[DataRequired(), Length(min=3, max=64), USERNAME_RULE], filters=[normalize_username]
+        _l("Username"), validators=[DataRequired(), Length(min=3, max=64), USERNAME_RULE],
+        filters=[normalize_username],
     )
-    email = StringField("Email", validators=[DataRequired(), Email(), Length(max=120)])
-    password = PasswordField("Password", validators=[DataRequired(), Length(max=256)])
-    submit = SubmitField("Register")
+    email = StringField(_l("Email"), validators=[DataRequired(), Email(), Length(max=120)])
+    password = PasswordField(_l("Password"), validators=[DataRequired(), Length(max=256)])
+    submit = SubmitField(_l("Register"))
 
     def account_names(self) -> tuple[str, str]:
         return self.username.data or "", self.email.data or ""
 
     def validate_username(self, username: StringField) -> None:
         if user_by_name(username.data) is not None:
-            raise ValidationError("That username is taken; please choose another.")
+            raise ValidationError(_("That username is taken; please choose another."))
 
     def validate_email(self, email: StringField) -> None:
         if user_by_email(email.data) is not None:
-            raise ValidationError("That email address is already registered.")
+            raise ValidationError(_("That email address is already registered."))
 
 
 class LogoutForm(FlaskForm):
-    submit = SubmitField("Log out")
+    submit = SubmitField(_l("Log out"))
 
 
 class AccountPasswordForm(NewPasswordMixin, FlaskForm):
@@ -76,18 +81,18 @@ class AccountPasswordForm(NewPasswordMixin, FlaskForm):
 
 
 class ChangePasswordForm(AccountPasswordForm):
-    current_password = PasswordField("Current password", validators=[DataRequired(), Length(max=256)])
-    submit = SubmitField("Change password")
+    current_password = PasswordField(_l("Current password"), validators=[DataRequired(), Length(max=256)])
+    submit = SubmitField(_l("Change password"))
 
     def validate_current_password(self, current_password: PasswordField) -> None:
         if not self.user.check_password(current_password.data or ""):
-            raise ValidationError("That is not your current password.")
+            raise ValidationError(_("That is not your current password."))
 
 
 class ResetPasswordRequestForm(FlaskForm):
-    email = StringField("Email", validators=[DataRequired(), Email(), Length(max=120)])
-    submit = SubmitField("Send me a reset link")
+    email = StringField(_l("Email"), validators=[DataRequired(), Email(), Length(max=120)])
+    submit = SubmitField(_l("Send me a reset link"))
 
 
 class ResetPasswordForm(AccountPasswordForm):
-    submit = SubmitField("Set my new password")
+    submit = SubmitField(_l("Set my new password"))

@@ -16,12 +16,14 @@ import time
 from collections.abc import Callable
 
 from flask import Flask, current_app, request
+from flask_babel import gettext, ngettext
 from flask_limiter import Limiter, RateLimitExceeded
 from flask_limiter.util import get_remote_address
 
 from app.accounts import normalize_username
 from app.auth import bp
-from app.errors.handlers import error_response
+from app.errors.handlers import error_response, status_title
+from app.i18n import N_
 
 _LIMITER_KEY = "microblog.limiter"
 
@@ -45,19 +47,24 @@ def _email_key() -> str:
     return f"email:{email}" if email else ""
 
 
-#: endpoint -> (setting naming the limit, key, count only failures, what the 429 says)
+#: endpoint -> (setting naming the limit, key, count only failures, what the 429 says: a
+#: msgid, translated when the 429 is sent)
 LIMITS: dict[str, list[tuple[str, Callable[[], str], bool, str]]] = {
     "auth.login": [
-        ("RATELIMIT_SIGNIN_PER_ACCOUNT", _account_key, True, "Too many failed sign-ins for this account."),
-        ("RATELIMIT_SIGNIN_PER_ADDRESS", get_remote_address, True, "Too many failed sign-ins from your address."),
+        ("RATELIMIT_SIGNIN_PER_ACCOUNT", _account_key, True,
+         N_("Too many failed sign-ins for this account.")),
+        ("RATELIMIT_SIGNIN_PER_ADDRESS", get_remote_address, True,
+         N_("Too many failed sign-ins from your address.")),
     ],
     "auth.register": [
-        ("RATELIMIT_REGISTER_PER_ADDRESS", get_remote_address, False, "Too many registrations from your address."),
+        ("RATELIMIT_REGISTER_PER_ADDRESS", get_remote_address, False,
+         N_("Too many registrations from your address.")),
     ],
     "auth.reset_password_request": [
-        ("RATELIMIT_RESET_PER_ACCOUNT", _email_key, False, "Too many password-reset requests for this address."),
+        ("RATELIMIT_RESET_PER_ACCOUNT", _email_key, False,
+         N_("Too many password-reset requests for this address.")),
         ("RATELIMIT_RESET_PER_ADDRESS", get_remote_address, False,
-         "Too many password-reset requests from your address."),
+         N_("Too many password-reset requests from your address.")),
     ],
 }
 
@@ -74,11 +81,13 @@ def init_app(app: Flask) -> None:
         app.view_functions[endpoint] = view
 
 
-def _in_words(seconds: int) -> str:
+def _try_again_in(seconds: int) -> str:
+    """The sentence that says when, whole: a count's words agree with what surrounds them."""
     if seconds < 60:
-        return f"{seconds} second{'s' if seconds != 1 else ''}"
+        return ngettext("Please try again in %(num)d second.", "Please try again in %(num)d seconds.",
+                        seconds)
     minutes = round(seconds / 60)
-    return f"{minutes} minute{'s' if minutes != 1 else ''}"
+    return ngettext("Please try again in %(num)d minute.", "Please try again in %(num)d minutes.", minutes)
 
 
 @bp.app_errorhandler(RateLimitExceeded)
@@ -88,5 +97,5 @@ def too_many_requests(error: RateLimitExceeded):
         wait = max(1, math.ceil(current_app.extensions[_LIMITER_KEY].current_limit.reset_at - time.time()))
     except Exception:  # the window's end is unknown (Redis went away since): a safe guess
         wait = 60
-    return error_response(429, "Too Many Requests", f"{error.description} Please try again in {_in_words(wait)}.",
+    return error_response(429, status_title(429), f"{gettext(error.description)} {_try_again_in(wait)}",
                           [("Retry-After", str(wait))])

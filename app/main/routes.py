@@ -1,18 +1,21 @@
 import sqlalchemy as sa
 from flask import abort, current_app, flash, jsonify, redirect, render_template, request, send_file, url_for
+from flask_babel import gettext as _
 from flask_celery_request import ContextCaptureError
 from flask_login import current_user, login_required
 
-from app import audit
+from app import audit, i18n
 from app.exports import EXPORT_TASK_NAME, export_path
 from app.extensions import db
 from app.errors.handlers import wants_json
+from app.i18n import N_
 from app.main import bp
-from app.main.forms import EmptyForm, PostForm
+from app.main.forms import EmptyForm, LanguageForm, PostForm
 from app.jobs import TaskAlreadyRunning, TaskNotStarted, launch_task
 from app.models import AuditEvent, Post, Task, User
 from app.tasks import export_posts as export_posts_task
 from app.tasks import ping
+from app.urls import safe_next
 
 
 #: SQLite and PostgreSQL take an OFFSET up to a signed 64-bit integer.
@@ -33,7 +36,7 @@ def index():
     if form.validate_on_submit():
         db.session.add(Post(body=form.post.data, author=current_user))
         db.session.commit()
-        flash("Your post is now live!", "success")
+        flash(_("Your post is now live!"), "success")
         return redirect(url_for("main.index"))
     posts = db.paginate(
         sa.select(Post).order_by(Post.timestamp.desc(), Post.id.desc()),
@@ -43,7 +46,7 @@ def index():
     )
     status = 400 if form.errors else 200
     return render_template(
-        "index.html", title="Home", form=form, posts=posts, ping_form=EmptyForm(), endpoint="main.index"
+        "index.html", title=_("Home"), form=form, posts=posts, ping_form=EmptyForm(), endpoint="main.index"
     ), status
 
 
@@ -63,14 +66,16 @@ def _already_running(exc: TaskAlreadyRunning):
 
 @bp.errorhandler(TaskNotStarted)
 def _not_started(exc: TaskNotStarted):
-    return _refused(f"{exc} Please try again in a moment.", "danger", 503)
+    return _refused(_("The background service is unavailable; the task was not started. "
+                      "Please try again in a moment."), "danger", 503)
 
 
 @bp.errorhandler(ContextCaptureError)
 def _not_carried(exc: ContextCaptureError):
     # The request itself is at fault (say, a JSON body nested too deep to scrub): retrying
-    # it cannot help, unlike a broker outage.
-    return _refused(f"Your request could not be carried to the background job: {exc}.", "danger", 400)
+    # it cannot help, unlike a broker outage. The reason is the carrier's, in English.
+    return _refused(_("Your request could not be carried to the background job: %(reason)s.", reason=exc),
+                    "danger", 400)
 
 
 def _refused(message: str, category: str, status: int):
@@ -92,17 +97,19 @@ def _back() -> str:
 @login_required
 def send_ping():
     """Send a trivial task to the worker: shows the broker and worker are alive."""
-    task = launch_task(current_user, ping, "Ping the worker")
-    flash(f"Ping sent to the worker (task {task.id}).", "info")
+    task = launch_task(current_user, ping, N_("Ping the worker"))
+    flash(_("Ping sent to the worker (task %(id)s).", id=task.id), "info")
     return redirect(_back())
 
 
 @bp.route("/export_posts", methods=["POST"])
 @login_required
 def export_posts():
-    launch_task(current_user, export_posts_task, "Exporting posts...", current_user.id)
+    # TRANSLATORS: a running task's description; with its trailing dots taken off it also
+    # names the task in "%(task)s: done." and "%(task)s failed: %(error)s".
+    launch_task(current_user, export_posts_task, N_("Exporting posts..."), current_user.id)
     audit.record("export_posts_requested")
-    flash("Your export has started. You can keep browsing; we will email you when it is ready.", "info")
+    flash(_("Your export has started. You can keep browsing; we will email you when it is ready."), "info")
     return redirect(_back())
 
 
@@ -116,7 +123,8 @@ def _own_task_or_404(task_id: str) -> Task:
 @bp.route("/tasks/<task_id>")
 @login_required
 def task_status(task_id: str):
-    """A task's state as JSON; other users' tasks do not exist for you (404)."""
+    """A task's state as JSON, its words in the user's language; other users' tasks do
+    not exist for you (404)."""
     task = _own_task_or_404(task_id)
     path = export_path(task)
     download_url = (
@@ -125,10 +133,10 @@ def task_status(task_id: str):
     return jsonify(
         id=task.id,
         name=task.name,
-        description=task.description,
+        description=i18n.translate(task.description),
         state=task.state,
         progress=task.progress,
-        error=task.error,
+        error=i18n.translate(task.error),
         download_url=download_url,
     )
 
@@ -142,12 +150,14 @@ def download_export(task_id: str):
         abort(404)
     path = export_path(task)
     if path is None and task.is_running:
-        abort(409, description="This export is not ready yet; watch its progress bar or wait for the email.")
+        abort(409, description=_("This export is not ready yet; watch its progress bar or wait for the "
+                                 "email."))
     if path is None:
-        abort(404, description="This export failed and has no file. Start a new export from your profile page.")
+        abort(404, description=_("This export failed and has no file. Start a new export from your profile "
+                                 "page."))
     if not path.exists():
-        abort(410, description="This export has expired and its file was removed. Start a new export "
-                               "from your profile page.")
+        abort(410, description=_("This export has expired and its file was removed. Start a new export "
+                                 "from your profile page."))
     return send_file(path, mimetype="application/json", as_attachment=True,
                      download_name=f"{current_user.username}-posts.json", max_age=0)
 
@@ -161,4 +171,19 @@ def activity():
         .order_by(AuditEvent.created.desc(), AuditEvent.id.desc()),
         page=_page(50), per_page=50, error_out=False,
     )
-    return render_template("activity.html", title="Account activity", events=events)
+    return render_template("activity.html", title=_("Account activity"), events=events,
+                           action_name=audit.action_name)
+
+
+@bp.route("/language", methods=["POST"])
+def set_language():
+    """Read the site in another language: this session's, and the account's when signed
+    in (visitors choose before they register). Back to the page the switcher was on."""
+    form = LanguageForm()
+    if not form.validate_on_submit():
+        abort(400, description=_("Choose one of these languages: %(languages)s.",
+                                 languages=", ".join(i18n.languages())))
+    i18n.choose_locale(form.locale.data)
+    flash(_("Language changed."), "info")
+    fallback = url_for("main.index") if current_user.is_authenticated else url_for("auth.login")
+    return redirect(safe_next(form.next.data or request.args.get("next"), fallback))

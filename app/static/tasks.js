@@ -1,31 +1,38 @@
 // Keeps the task alerts under the navigation bar live: polls /tasks/<id> until each ends.
 // Each alert's data-polling says where it stands: "waiting" for its next poll, or
 // "stopped" (the task ended, is gone, or the user is signed out) after its last one.
+// Its words come from its data-text-* attributes, in the user's language: whole
+// sentences whose {task} and {error} are filled in here.
 (function () {
   "use strict";
   function interval(alert) { return parseInt(alert.dataset.pollMs, 10) || 1000; }
 
   function text(el, value) { el.textContent = value; }
 
-  function downloadLink(url) {
+  function sentence(template, values) {
+    return template.replace(/\{(task|error)\}/g, function (_, name) { return values[name] || ""; });
+  }
+
+  function downloadLink(alert, url) {
     var link = document.createElement("a");
     link.href = url;
     link.className = "download-link";
-    text(link, "Download your export");
+    text(link, alert.dataset.textDownload);
     return link;
   }
 
   function finish(alert, task) {
     var succeeded = task.state === "SUCCESS";
-    var name = task.description.replace(/\.\.\.$/, "");
+    // "Exporting posts..." names the task as "Exporting posts".
+    var values = { task: task.description.replace(/(\.\.\.|\u2026)$/, ""), error: task.error };
     var message = alert.querySelector(".task-message");
     alert.classList.remove("alert-info");
     alert.classList.add(succeeded ? "alert-success" : "alert-danger");
-    message.textContent = succeeded
-      ? name + ": done. "
-      : name + " failed: " + (task.error || "something went wrong.") + " ";
+    var template = succeeded ? alert.dataset.textDone
+      : task.error ? alert.dataset.textFailed : alert.dataset.textFailedUnknown;
+    message.textContent = sentence(template, values) + " ";
     // A failed export may still have its file (only the email failed): offer it.
-    if (task.download_url) { message.appendChild(downloadLink(task.download_url)); }
+    if (task.download_url) { message.appendChild(downloadLink(alert, task.download_url)); }
     var bar = alert.querySelector(".progress");
     if (bar) { bar.remove(); }
   }
@@ -58,11 +65,11 @@
       })
       .then(function (task) {
         if (task.signedOut) {  // the session ended, here or in another tab: asking again cannot help
-          stop(alert, "You are signed out. Sign in again to follow this task.");
+          stop(alert, alert.dataset.textSignedOut);
           return;
         }
         if (task.gone) {  // deleted, or not this user's
-          stop(alert, "This task is no longer available.");
+          stop(alert, alert.dataset.textGone);
           return;
         }
         update(alert, task);

@@ -36,9 +36,10 @@ from tests.conftest import TEST_SECRET_KEY, AuthActions, csrf_token_in
 
 PASSWORD = "correct horse"
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-#: GET pages anyone may open. Everything else must send a visitor to the login page.
+#: Pages anyone may open, and the language switcher (visitors choose before they register).
+#: Everything else must send a visitor to the login page.
 PUBLIC_ENDPOINTS = frozenset({"static", "auth.login", "auth.register", "auth.logout", "health.healthz",
-                              "auth.reset_password_request", "auth.reset_password"})
+                              "auth.reset_password_request", "auth.reset_password", "main.set_language"})
 #: What Flask-WTF's CSRFError looks like once our error handler has rendered it.
 CSRF_REFUSAL = "The form could not be accepted"
 #: Requests that would succeed with the right token, so a refusal is the token's doing.
@@ -54,6 +55,7 @@ VALID_FORMS = {
     "main.index": {"post": "a post that must never be stored"},
     "main.send_ping": {},
     "main.export_posts": {},
+    "main.set_language": {"locale": "en"},
 }
 
 

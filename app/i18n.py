@@ -1,0 +1,162 @@
+"""Languages and time zones: which ones a request gets, and the helpers pages format with.
+
+A request's language is the one chosen on the site (the session, then the account), else
+the browser's ``Accept-Language``; its time zone is the account's, else the one the
+browser's script puts in the ``tz`` cookie (static/timezone.js). Both fall back to the
+config's defaults (English, UTC).
+
+Some English sentences are stored (a task's description and error): they are marked with
+:func:`N_` where written and translated where shown, with :func:`translate`.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import pytz
+from babel.units import format_unit
+from flask import Flask, Response, current_app, g, has_request_context, request, session
+from flask_babel import (format_date, format_datetime, format_number, force_locale, get_locale, gettext,
+                         ngettext, refresh)
+from flask_login import current_user
+
+from app.extensions import babel, db, login
+
+if TYPE_CHECKING:
+    from app.models import User
+
+#: Each language the site can be read in, named in itself.
+LANGUAGES = {"en": "English", "ru": "Русский", "zh": "中文"}
+#: The browser's IANA time zone, set by static/timezone.js.
+TIMEZONE_COOKIE = "tz"
+
+
+def N_(message: str) -> str:
+    """Mark ``message`` for the catalog and return it as it is: for English that is
+    stored, and translated where it is shown."""
+    return message
+
+
+def translate(message: str | None) -> str | None:
+    """A stored English message (an ``N_`` msgid) in the request's language; text that is
+    no msgid comes back unchanged."""
+    return gettext(message) if message else message
+
+
+def languages() -> dict[str, str]:
+    """The languages this app offers (``LANGUAGES`` in its config), code to name."""
+    return {code: LANGUAGES.get(code, code) for code in current_app.config["LANGUAGES"]}
+
+
+def current_language() -> str:
+    """The language code of this request, one of :func:`languages`."""
+    locale = get_locale()
+    return locale.language if locale is not None else current_app.config["BABEL_DEFAULT_LOCALE"]
+
+
+def valid_timezone(name: str | None) -> bool:
+    """Whether ``name`` is an IANA time zone pytz (and so Flask-Babel) knows."""
+    return bool(name) and name in pytz.all_timezones_set
+
+
+def browser_timezone() -> str | None:
+    """The time zone the browser reported in its cookie, if it is a real one."""
+    name = request.cookies.get(TIMEZONE_COOKIE) if has_request_context() else None
+    return name if valid_timezone(name) else None
+
+
+def _signed_in_user() -> User | None:
+    """The signed-in user, or None: also outside a request, and in an app whose
+    Flask-Login is not set up (yet). Read their ``locale`` and ``timezone`` with getattr:
+    a user class of Flask-Login's may have neither."""
+    if not has_request_context() or not hasattr(current_app, "login_manager"):
+        return None
+    return current_user if current_user.is_authenticated else None
+
+
+def select_locale() -> str | None:
+    """The session's choice, the account's, else the browser's best match; None (the
+    default) outside a request. ``Accept-Language: zh-TW`` gets ``zh``, Simplified Chinese:
+    werkzeug matches on the primary tag when the full one is not offered."""
+    if not has_request_context():
+        return None
+    offered = languages()
+    if session.get("locale") in offered:
+        return session["locale"]
+    user = _signed_in_user()
+    if user is not None and getattr(user, "locale", None) in offered:
+        return user.locale
+    g.locale_from_browser = True
+    return request.accept_languages.best_match(list(offered))
+
+
+def select_timezone() -> str | None:
+    """The account's time zone, else the browser's; None (the default, UTC) otherwise."""
+    user = _signed_in_user()
+    if user is not None and valid_timezone(getattr(user, "timezone", None)):
+        return user.timezone
+    return browser_timezone()
+
+
+def choose_locale(code: str) -> None:
+    """Read the site in ``code`` from now on: in this session and, when signed in, on
+    the account (committed), so it follows the user to other browsers."""
+    session["locale"] = code
+    user = _signed_in_user()
+    if user is not None and hasattr(user, "locale") and user.locale != code:
+        user.locale = code
+        db.session.commit()
+    refresh()
+
+
+@contextmanager
+def language_of(user: User) -> Iterator[None]:
+    """Render an email to ``user`` in the language in force when it was asked for: in
+    the worker's replayed request, the one carried from the view (the visitor's choice
+    before registering, the reset page's language). Sent without its request (an
+    outbox re-send whose context was refused), in the user's own language."""
+    if not has_request_context() and user.locale in languages():
+        with force_locale(user.locale):
+            yield
+    else:
+        yield
+
+
+def format_filesize(size: int) -> str:
+    """A file size in the request's language, in decimal units as Jinja's
+    ``filesizeformat`` gives them: ``512 Bytes``, ``1.2 kB``, ``3.4 MB``."""
+    if size < 1000:
+        return ngettext("%(num)d Byte", "%(num)d Bytes", size)
+    locale = get_locale() or babel.default_locale
+    for unit in ("kilobyte", "megabyte", "gigabyte"):
+        size /= 1000
+        if size < 1000:
+            break
+    return format_unit(size, f"digital-{unit}", length="short", format="#,##0.0", locale=locale)
+
+
+def _vary_on_accept_language(response: Response) -> Response:
+    """A page in the language the browser asked for differs by ``Accept-Language``:
+    say so to caches."""
+    if g.pop("locale_from_browser", False):
+        response.vary.add("Accept-Language")
+    return response
+
+
+def init_app(app: Flask) -> None:
+    """Bind Flask-Babel to ``app`` with the selectors above, translate Flask-Login's
+    message, and give templates the formatting helpers."""
+    babel.init_app(app, locale_selector=select_locale, timezone_selector=select_timezone)
+    app.after_request(_vary_on_accept_language)
+    login.login_message = N_("Please log in to access this page.")
+    login.localize_callback = gettext
+    app.jinja_env.filters["translate"] = translate
+    app.jinja_env.globals.update(
+        languages=languages,
+        current_language=current_language,
+        format_date=format_date,
+        format_datetime=format_datetime,
+        format_number=format_number,
+        format_filesize=format_filesize,
+    )
