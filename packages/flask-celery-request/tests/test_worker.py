@@ -205,6 +205,28 @@ def test_carried_values_cross_to_the_worker_and_on_to_its_children(worker: Worke
     assert get(module.carried.AsyncResult(get(parent))) == expected
 
 
+def test_the_workers_lines_about_a_task_carry_its_request_id(worker: Worker) -> None:
+    """Received (main process), the task's own line, succeeded (pool process)."""
+    module = worker.module
+    with module.flask_app.test_request_context("/logged", headers={"X-Request-Id": "click-logged"}):
+        result = module.logged.delay()
+    assert get(result) == "logged"
+
+    def lines() -> list[str] | None:
+        found = [line for line in worker.log().splitlines() if result.id in line]
+        return found if any("succeeded" in line for line in found) else None
+
+    received, own, succeeded = wait_until(lines, 10, "the worker's lines about the task")
+    assert received.endswith("received") and "a line of the task's own" in own and "succeeded" in succeeded
+    for line in (received, own, succeeded):
+        assert "[click-logged]" in line, line
+
+
+def test_lines_outside_any_task_have_no_request_id(worker: Worker) -> None:
+    ready = [line for line in worker.log().splitlines() if " ready." in line]
+    assert ready and all("[-]" in line for line in ready)
+
+
 # --- refusals -------------------------------------------------------------------------------
 
 

@@ -16,11 +16,13 @@ import time
 from typing import Any
 
 import celery as celery_package
+from celery.signals import after_setup_logger, after_setup_task_logger
+from celery.utils.log import get_task_logger
 from flask import Flask, after_this_request, g, request, session, url_for
 from flask_babel import Babel, get_locale, get_timezone
 from flask_login import LoginManager, UserMixin, current_user
 
-from flask_celery_request import CeleryWithContext, current_request_id
+from flask_celery_request import CeleryWithContext, RequestIdFilter, current_request_id
 
 CELERY_5_7 = tuple(celery_package.VERSION[:2]) >= (5, 7)
 
@@ -34,6 +36,10 @@ flask_app.config.update(
         "task_default_queue": "fcr-test",
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
+        # The worker's lines name the click they belong to (RequestIdFilter, below).
+        "worker_log_format": "[%(levelname)s/%(processName)s] [%(request_id)s] %(message)s",
+        "worker_task_log_format": "[%(levelname)s/%(processName)s] [%(request_id)s] "
+                                  "%(task_name)s[%(task_id)s]: %(message)s",
         **({"task_retry_on_worker_lost": True} if CELERY_5_7 else {}),
     },
     CELERY_CONTEXT_G_KEYS=["tenant"],
@@ -43,6 +49,13 @@ login_manager = LoginManager(flask_app)
 # The language and zone come from the session, which never travels: only the carried
 # values can bring them to the worker.
 Babel(flask_app, locale_selector=lambda: session.get("lang"), timezone_selector=lambda: session.get("tz"))
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def give_handlers_request_ids(logger=None, **_kwargs) -> None:
+    for handler in logger.handlers:
+        handler.addFilter(RequestIdFilter())
 
 
 class User(UserMixin):
@@ -135,6 +148,13 @@ def carried() -> dict[str, Any]:
         "tenant": g.get("tenant"),
         "traceparent": request.headers.get("traceparent"),
     }
+
+
+@celery.task
+def logged() -> str:
+    """Writes one line of its own to the worker's log."""
+    get_task_logger(__name__).info("a line of the task's own")
+    return "logged"
 
 
 @celery.task

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from uuid import uuid4
 
 from celery import current_task
@@ -58,6 +59,42 @@ def restore_request_id(value: str) -> None:
     request.environ[REQUEST_ID_KEY] = value
 
 
+class _Received:
+    """The message a worker's main process received last, and how to open its id.
+
+    Celery logs "Received task" right after building the message's request, outside
+    any task: that line finds the id here, decrypted only if a filter asks for it.
+    """
+
+    def __init__(self, task_id: str, open_request_id: Callable[[], str | None]) -> None:
+        self.task_id = task_id
+        self._open = open_request_id
+        self._opened = False
+        self._request_id: str | None = None
+
+    def request_id(self) -> str | None:
+        if not self._opened:
+            self._request_id, self._opened = self._open(), True
+        return self._request_id
+
+
+_received: _Received | None = None
+
+
+def note_received(task_id: str, open_request_id: Callable[[], str | None] | None) -> None:
+    global _received
+    _received = None if open_request_id is None else _Received(task_id, open_request_id)
+
+
+def _received_request_id(record: logging.LogRecord) -> str | None:
+    """For Celery's "Received task" line (its record's ``data`` names the task id)."""
+    received = _received
+    data = record.__dict__.get("data")
+    if received is None or not isinstance(data, dict) or data.get("id") != received.task_id:
+        return None
+    return received.request_id()
+
+
 class RequestIdFilter(logging.Filter):
     """Gives every record ``request_id``: the current click's id, or ``-``.
 
@@ -67,5 +104,5 @@ class RequestIdFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "request_id", None) is None:
-            record.request_id = current_request_id() or "-"
+            record.request_id = current_request_id() or _received_request_id(record) or "-"
         return True

@@ -4,17 +4,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from celery import Celery, Task, current_task
 from celery.signals import before_task_publish
+from celery.worker.request import Request as WorkerRequest
 from flask import Flask, current_app, has_app_context, has_request_context, request
 
 from . import compat
 from .capture import capture_request, shrink_to_fit
 from .replay import ENVIRON_TOKEN_KEY, replay_request
 from .carry import DEFAULT_VALUE_MAX_BYTES, Carrier, Carriers
-from .request_id import TASK_REQUEST_ATTR
+from .request_id import TASK_REQUEST_ATTR, note_received
 from .settings import EXTENSION_KEY, ContextSettings
 from .standard import standard_carriers
 from .transport import CONTEXT_HEADER, ContextRefused, Sealer
@@ -145,8 +147,32 @@ def _with_context(headers: Mapping[str, Any] | None) -> Mapping[str, Any] | None
     return {**headers, CONTEXT_HEADER: token} if headers else {CONTEXT_HEADER: token}
 
 
+def _carried_request_id(task: Task, token: str) -> str | None:
+    app = getattr(task.app, "flask_app", None)
+    if app is None:
+        return None
+    try:
+        context = _AppState.of(app).sealer.open(token)
+    except ContextRefused:
+        return None  # the task itself says why, when it runs
+    request_id = (context.get("v") or {}).get("request_id")
+    return request_id if isinstance(request_id, str) else None
+
+
+class ContextRequest(WorkerRequest):
+    """The worker's request for a received message: notes the message's context, so
+    that the line Celery logs on receiving it carries the request id too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        token = self.request_dict.get(CONTEXT_HEADER)
+        note_received(self.id, partial(_carried_request_id, self.task, token) if isinstance(token, str) else None)
+
+
 class ContextTask(Task):
     """A task that carries the sending request to the worker and runs inside it."""
+
+    Request = ContextRequest
 
     def apply_async(self, args=None, kwargs=None, task_id=None, producer=None, link=None,
                     link_error=None, shadow=None, **options):
