@@ -335,6 +335,12 @@ def test_make_run_serves_the_app_and_one_ctrl_c_stops_everything(run, ctrl_c):
         assert prefixed_lines(text, name), f"no lines from {name} in the log:\n{text}"
     assert any(task_id in line and "succeeded" in line for line in prefixed_lines(text, "worker")), text
     assert any("POST /ping" in line for line in prefixed_lines(text, "web")), text
+    # One id per click: the access log's last field, on every worker line about its task.
+    (ping,) = [line for line in prefixed_lines(text, "web") if '"POST /ping' in line]
+    click = ping.rsplit(" ", 1)[-1]
+    assert re.fullmatch(r"[0-9a-f]{32}", click), ping
+    about_the_task = [line for line in prefixed_lines(text, "worker") if task_id in line]
+    assert len(about_the_task) >= 2 and all(f"[{click}]" in line for line in about_the_task), about_the_task
 
     # --- one Ctrl-C stops everything ----------------------------------------------------
     alive = run.pids()
