@@ -389,3 +389,56 @@ def test_every_message_is_translated_keeping_its_placeholders_and_markup(languag
         if _strings(compiled.get(message.id).string) != strings:
             problems.append(f"not compiled: {ids[0]!r}")
     assert problems == []
+
+
+# --- what a reader of each language sees ------------------------------------------------------
+
+
+def in_language(app, language: str, message: str, **variables) -> str:
+    """``message`` as the catalogs translate it; it must differ from the English."""
+    from flask_babel import force_locale, gettext
+
+    with app.test_request_context(), force_locale(language):
+        text = gettext(message, **variables)
+    assert text != (message % variables if variables else message), f"{message!r} has no {language}"
+    return text
+
+
+def test_the_choice_is_confirmed_in_the_new_language(app, auth):
+    choose(auth, "ru")
+    assert in_language(app, "ru", "Language changed.") in auth.get("/auth/login").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("language", ["ru", "zh"])
+def test_an_error_page_and_its_json_speak_the_readers_language(app, client, language):
+    headers = {"Accept-Language": language}
+    page = client.get("/no/such/page", headers=headers)
+    assert page.status_code == 404 and in_language(app, language, "Not Found") in page.get_data(as_text=True)
+    as_json = client.get("/no/such/page", headers={**headers, "Accept": "application/json"}).get_json()
+    assert as_json["error"] == in_language(app, language, "Not Found")
+
+
+def test_our_own_form_messages_are_translated(app, auth):
+    choose(auth, "ru", page="/auth/register")
+    page = auth.register("susan", password="short").get_data(as_text=True)
+    from flask_babel import force_locale, ngettext
+
+    with app.test_request_context(), force_locale("ru"):
+        expected = ngettext("Use at least %(num)d character.", "Use at least %(num)d characters.", 8)
+    assert expected != "Use at least 8 characters." and expected in page
+
+
+def test_a_task_and_its_alert_speak_the_readers_language(app, auth):
+    from app.models import Task
+
+    auth.signup("susan")
+    choose(auth, "zh", page="/")
+    with app.app_context():
+        user = db.session.scalar(sa.select(User).where(User.username == "susan"))
+        db.session.add(Task(id="t-zh", name="export_posts", description=i18n.N_("Exporting posts..."),
+                            user_id=user.id, error=None))
+        db.session.commit()
+    status = auth.get("/tasks/t-zh").get_json()
+    assert status["description"] == in_language(app, "zh", "Exporting posts...")
+    page = auth.get("/").get_data(as_text=True)
+    assert f'data-text-gone="{in_language(app, "zh", "This task is no longer available.")}"' in page

@@ -198,3 +198,18 @@ def test_celery_app_attributes_compat_resets_exist(name: str) -> None:
     celery.pool, celery.backend  # noqa: B018 - create them
     assert hasattr(celery, name)
     assert hasattr(celery.amqp, "_producer_pool")
+
+
+# --- Flask-Babel ------------------------------------------------------------------------------
+
+
+def test_force_babel_timezone_is_what_get_timezone_answers() -> None:
+    """Flask-Babel has no force_timezone: compat sets the zone get_timezone() caches."""
+    from flask_babel import Babel, get_timezone
+
+    app = make_app()
+    Babel(app, timezone_selector=lambda: "Europe/Lisbon")
+    with app.test_request_context("/"):
+        assert get_timezone().zone == "Europe/Lisbon"
+        compat.force_babel_timezone("Asia/Tokyo")
+        assert get_timezone().zone == "Asia/Tokyo"

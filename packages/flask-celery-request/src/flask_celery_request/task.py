@@ -166,7 +166,8 @@ class ContextRequest(WorkerRequest):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         token = self.request_dict.get(CONTEXT_HEADER)
-        note_received(self.id, partial(_carried_request_id, self.task, token) if isinstance(token, str) else None)
+        opener = partial(_carried_request_id, self.task, token) if isinstance(token, str) else None
+        note_received(self.id, opener)
 
 
 class ContextTask(Task):
