@@ -19,7 +19,7 @@ from babel.units import format_unit
 from flask import Flask, Response, current_app, g, has_request_context, request, session
 from flask_babel import (format_date, format_datetime, format_number, force_locale, get_locale, gettext,
                          ngettext, refresh)
-from flask_login import current_user
+from flask_login import current_user, user_loaded_from_cookie
 
 from app.extensions import babel, db, login
 
@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 LANGUAGES = {"en": "English", "ru": "Русский", "zh": "中文"}
 #: The browser's IANA time zone, set by static/timezone.js.
 TIMEZONE_COOKIE = "tz"
+#: Where a request's language and the account's time zone are kept.
+SESSION_LOCALE = "locale"
+SESSION_TIMEZONE = "timezone"
 
 
 def N_(message: str) -> str:
@@ -76,33 +79,45 @@ def _signed_in_user() -> User | None:
 
 
 def select_locale() -> str | None:
-    """The session's choice, the account's, else the browser's best match; None (the
-    default) outside a request. ``Accept-Language: zh-TW`` gets ``zh``, Simplified Chinese:
-    werkzeug matches on the primary tag when the full one is not offered."""
+    """The session's choice (the account's, copied there at sign-in), else the browser's
+    best match; None (the default) outside a request. ``Accept-Language: zh-TW`` gets
+    ``zh``, Simplified Chinese: werkzeug matches on the primary tag when the full one is
+    not offered.
+
+    The session, not the account: every task sent carries the locale, so this runs on
+    requests that never load their user, and reading the account would load it."""
     if not has_request_context():
         return None
     offered = languages()
-    if session.get("locale") in offered:
-        return session["locale"]
-    user = _signed_in_user()
-    if user is not None and getattr(user, "locale", None) in offered:
-        return user.locale
+    chosen = session.get(SESSION_LOCALE)
+    if chosen in offered:
+        return chosen
     g.locale_from_browser = True
     return request.accept_languages.best_match(list(offered))
 
 
 def select_timezone() -> str | None:
-    """The account's time zone, else the browser's; None (the default, UTC) otherwise."""
-    user = _signed_in_user()
-    if user is not None and valid_timezone(getattr(user, "timezone", None)):
-        return user.timezone
-    return browser_timezone()
+    """The account's time zone (copied into the session at sign-in), else the
+    browser's; None (the default, UTC) otherwise."""
+    if not has_request_context():
+        return None
+    zone = session.get(SESSION_TIMEZONE)
+    return zone if valid_timezone(zone) else browser_timezone()
+
+
+def remember_account_settings(user: User) -> None:
+    """At sign-in (a form, or a remember-me cookie): the account's language, unless this
+    session chose one, and its time zone go into the session, where the selectors look."""
+    if session.get(SESSION_LOCALE) not in languages() and getattr(user, "locale", None) in languages():
+        session[SESSION_LOCALE] = user.locale
+    if valid_timezone(getattr(user, "timezone", None)):
+        session[SESSION_TIMEZONE] = user.timezone
 
 
 def choose_locale(code: str) -> None:
     """Read the site in ``code`` from now on: in this session and, when signed in, on
     the account (committed), so it follows the user to other browsers."""
-    session["locale"] = code
+    session[SESSION_LOCALE] = code
     user = _signed_in_user()
     if user is not None and hasattr(user, "locale") and user.locale != code:
         user.locale = code
@@ -144,10 +159,15 @@ def _vary_on_accept_language(response: Response) -> Response:
     return response
 
 
+def _signed_in_from_cookie(_app: Flask, user: User) -> None:
+    remember_account_settings(user)
+
+
 def init_app(app: Flask) -> None:
     """Bind Flask-Babel to ``app`` with the selectors above, translate Flask-Login's
     message, and give templates the formatting helpers."""
     babel.init_app(app, locale_selector=select_locale, timezone_selector=select_timezone)
+    user_loaded_from_cookie.connect(_signed_in_from_cookie)
     app.after_request(_vary_on_accept_language)
     login.login_message = N_("Please log in to access this page.")
     login.localize_callback = gettext

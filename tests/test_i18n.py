@@ -227,10 +227,17 @@ def test_dates_are_shown_in_the_time_zone_of_the_cookie(app, auth):
     assert '<time datetime="2026-01-05T23:30:00+00:00">' in html  # the machine-readable moment stays UTC
 
 
+def signed_in_with_timezone(app, auth, name: str | None) -> None:
+    """Register susan, give her account ``name`` as its zone, then sign in: the session
+    takes the account's zone at sign-in."""
+    auth.register("susan")
+    set_user_timezone(app, name)
+    assert auth.login("susan").status_code == 302
+
+
 def test_the_accounts_time_zone_comes_before_the_cookie(app, auth):
-    auth.signup("susan")
+    signed_in_with_timezone(app, auth, "Asia/Shanghai")
     add_late_post(app)
-    set_user_timezone(app, "Asia/Shanghai")
     auth.client.set_cookie("tz", "America/New_York")
     html = auth.get("/user/susan").get_data(as_text=True)
     assert shown_as(LATE_POST, "Asia/Shanghai") in html
@@ -246,17 +253,30 @@ def test_an_invalid_time_zone_cookie_is_ignored(app, auth, cookie):
 
 
 def test_an_invalid_time_zone_on_the_account_falls_back_to_the_cookie(app, auth):
-    auth.signup("susan")
+    signed_in_with_timezone(app, auth, "Not/A_Zone")
     add_late_post(app)
-    set_user_timezone(app, "Not/A_Zone")
     auth.client.set_cookie("tz", "Asia/Shanghai")
     assert shown_as(LATE_POST, "Asia/Shanghai") in auth.get("/user/susan").get_data(as_text=True)
 
 
+def test_a_remember_me_sign_in_takes_the_accounts_zone_and_language(app, auth):
+    auth.register("susan")
+    with app.app_context():
+        db.session.execute(sa.update(User).values(timezone="Asia/Shanghai", locale="ru"))
+        db.session.commit()
+    login = {"username": "susan", "password": "correct horse", "remember_me": "y", "csrf_token": auth.csrf_token()}
+    assert auth.post("/auth/login", data=login).status_code == 302
+    auth.client.delete_cookie("session")  # the browser restarted: only the remember-me cookie is left
+    add_late_post(app)
+    page = auth.get("/user/susan")
+    assert page_language(page) == "ru"
+    assert format_datetime(LATE_POST, "medium", tzinfo=zone("Asia/Shanghai"), locale="ru") in page.get_data(
+        as_text=True)
+
+
 def test_the_profile_date_is_in_the_users_zone_and_language(app, auth):
-    auth.signup("susan")
+    signed_in_with_timezone(app, auth, "Asia/Shanghai")
     created = user_row(app).created
-    set_user_timezone(app, "Asia/Shanghai")
     choose(auth, "ru", page="/")
     html = auth.get("/user/susan").get_data(as_text=True)
     assert format_date(created.astimezone(zone("Asia/Shanghai")), "medium", locale="ru") in html

@@ -17,11 +17,12 @@ from app.urls import safe_next
 def _sign_in(user: User, remember: bool) -> None:
     """A new session for the signed-in user: nothing of the anonymous one carries over
     but the language chosen before signing in, which the account takes on."""
-    chosen = session.get("locale")
+    chosen = session.get(i18n.SESSION_LOCALE)
     session.clear()
     login_user(user, remember=remember)
     if chosen in i18n.languages():
         i18n.choose_locale(chosen)
+    i18n.remember_account_settings(user)
 
 
 def _form_page(template: str, title: str, form, status: int | None = None):
