@@ -124,6 +124,15 @@ class Config:
         # Seconds before Redis hands an unacknowledged task to another worker: above the
         # task time limit and the longest countdown, or a slow task could run twice.
         self.BROKER_VISIBILITY_TIMEOUT = env.int("BROKER_VISIBILITY_TIMEOUT", 7200)
+        # A broker or result backend that accepts connections but answers nothing (a network
+        # partition, a frozen server): how long a web request waits on each of its replies,
+        # and how often RabbitMQ and its clients check each other. Workers wait longer.
+        self.BROKER_SOCKET_TIMEOUT = env.float("BROKER_SOCKET_TIMEOUT", 0.5)
+        self.WORKER_BROKER_SOCKET_TIMEOUT = env.float("WORKER_BROKER_SOCKET_TIMEOUT", 10.0)
+        self.BROKER_HEARTBEAT = env.float("BROKER_HEARTBEAT", 10.0)
+        # How often a worker checks that its Redis broker still answers (a BRPOP with no
+        # reply for BRPOP's 1 s plus this long is dropped and reconnected).
+        self.BROKER_HEALTH_CHECK_INTERVAL = env.float("BROKER_HEALTH_CHECK_INTERVAL", 10.0)
         self.CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", 3600)
         self.CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", 3300)
         # What Flask-Celery-Request carries to the worker; unset means the safe defaults

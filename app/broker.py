@@ -57,6 +57,22 @@ def _patient_result_backend_in_workers(conf=None, **_kwargs) -> None:
 
 
 @celeryd_init.connect
+def _patient_replies_in_workers(conf=None, instance=None, **_kwargs) -> None:
+    """A web request gives up on a silent broker within a second or two; a worker waits
+    ``WORKER_BROKER_SOCKET_TIMEOUT`` for each reply, so a slow moment is not an outage,
+    and still never waits forever on a frozen one (it reconnects when it answers again)."""
+    flask_app = getattr(getattr(instance, "app", None), "flask_app", None)
+    if conf is None or flask_app is None:
+        return
+    timeout = float(flask_app.config["WORKER_BROKER_SOCKET_TIMEOUT"])
+    conf.broker_transport_options = {
+        **(conf.broker_transport_options or {}),
+        **dict.fromkeys(("socket_timeout", "socket_connect_timeout", "read_timeout", "write_timeout"), timeout),
+    }
+    conf.redis_socket_timeout = conf.redis_socket_connect_timeout = timeout
+
+
+@celeryd_init.connect
 def _survive_broker_loss(**_kwargs) -> None:
     """Reconnect, rather than exit, when Redis goes away while messages are unacked."""
     survive_broker_loss_with_unacked_messages()

@@ -11,7 +11,7 @@ from kombu import Queue
 from app.logs import WORKER_LOG_FORMAT, WORKER_TASK_LOG_FORMAT
 
 #: Quick give-up for web processes: a request must not hang on a dead broker or backend.
-_IMPATIENT = {"max_retries": 2, "interval_start": 0, "interval_step": 0.25, "interval_max": 0.5}
+_IMPATIENT = {"max_retries": 1, "interval_start": 0, "interval_step": 0.25, "interval_max": 0.5}
 
 
 def celery_settings(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -24,6 +24,10 @@ def celery_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     # tenth of the timeout instead, between once a second and every 100 s.
     restore_every = max(1, min(100, visibility_timeout // 10))
     restore_interval = min(10, restore_every)
+    # A broker that hangs must not hang a request: each reply is waited for this long
+    # (Redis: socket timeouts of broker and backend; RabbitMQ: read and write timeouts,
+    # and publisher confirms, since a publish is otherwise only a write into a buffer).
+    reply_timeout = float(config.get("BROKER_SOCKET_TIMEOUT", 0.5))
     settings = {
         "broker_url": config["CELERY_BROKER_URL"],
         "result_backend": config["CELERY_RESULT_BACKEND"],
@@ -45,9 +49,18 @@ def celery_settings(config: Mapping[str, Any]) -> dict[str, Any]:
             "visibility_timeout": visibility_timeout,
             "unacked_restore_interval": restore_interval,
             "unacked_restore_throttle": restore_every // restore_interval,
+            "socket_timeout": reply_timeout,
+            "socket_connect_timeout": reply_timeout,
+            "read_timeout": reply_timeout,
+            "write_timeout": reply_timeout,
+            "confirm_publish": True,
+            "health_check_interval": float(config.get("BROKER_HEALTH_CHECK_INTERVAL", 10.0)),
         },
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": 2.0,
+        "broker_heartbeat": float(config.get("BROKER_HEARTBEAT", 10.0)),
+        "redis_socket_timeout": reply_timeout,
+        "redis_socket_connect_timeout": reply_timeout,
         "task_publish_retry_policy": _IMPATIENT,
         # Sending subscribes to the task's result; don't spend Celery's default ~20 s on
         # it. Workers get a patient policy back when they start (app.broker).

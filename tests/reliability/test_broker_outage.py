@@ -1,4 +1,5 @@
-"""Promise: a broker outage is refused quickly and cleanly, and recovery needs no restart.
+"""Promise: a broker outage, dead or frozen, is refused quickly and cleanly, and recovery
+needs no restart.
 
 While Redis is down an export is refused within 2 seconds (a flash for browsers, 503 for
 JSON clients) and leaves no Task row running. When Redis comes back on the same socket,
@@ -14,6 +15,7 @@ import gc
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -60,6 +62,8 @@ class OutageStack:
             # Every sign-up's welcome email waits in the worker, unacknowledged, for its eta
             # (60 s in production): an outage always finds the worker holding messages.
             "WELCOME_EMAIL_DELAY": "3600",
+            # The worker notices a frozen broker within seconds (BRPOP's 1 s plus this).
+            "BROKER_HEALTH_CHECK_INTERVAL": "2",
         }
 
     def start_redis(self) -> None:
@@ -255,3 +259,75 @@ def test_a_redis_restart_no_request_saw_does_not_break_the_next_export(stack):
     assert [row.state for row in _tasks(app, bea_id)] == [TaskState.SUCCESS, TaskState.SUCCESS]
     assert worker.process.poll() is None and worker.process.pid == worker_pid
     assert "Unrecoverable error" not in worker.log()
+
+
+#: The issue's promise for a broker that hangs instead of refusing: an answer within this.
+FROZEN_BOUND_SECONDS = 3.0
+
+
+def test_a_frozen_broker_is_refused_in_seconds_and_the_next_export_succeeds(stack):
+    """Redis stops answering without closing anything (SIGSTOP: a network partition): the
+    export is refused as for a dead broker, within seconds, leaving nothing running; once
+    Redis resumes, the same app and worker carry the next export through."""
+    app, worker = stack.app, stack.worker
+    worker_pid = worker.process.pid
+    cy_id = _add_user(app, "cy")
+    cy = _logged_in(app, "cy")
+    _export_succeeds(stack, cy, "cy", cy_id, timeout=60)  # live connections, as a running site has
+
+    os.kill(stack.redis.pid, signal.SIGSTOP)
+    try:
+        response, elapsed = _timed_export(cy, "cy")
+        print(f"browser refusal with a frozen broker in {elapsed:.2f}s")
+        assert elapsed < FROZEN_BOUND_SECONDS, f"the refusal took {elapsed:.2f}s"
+        assert response.status_code == 302 and response.headers["Location"].endswith("/user/cy")
+        assert UNAVAILABLE.search(cy.get(response.headers["Location"]).get_data(as_text=True))
+
+        response, elapsed = _timed_export(cy, "cy", Accept="application/json")
+        print(f"JSON refusal with a frozen broker in {elapsed:.2f}s")
+        assert elapsed < FROZEN_BOUND_SECONDS, f"the JSON refusal took {elapsed:.2f}s"
+        assert response.status_code == 503 and UNAVAILABLE.search(response.get_json()["error"])
+        with app.app_context():
+            assert db.session.scalar(sa.select(sa.func.count(Task.id)).where(Task.finished.is_(None))) == 0
+
+        started = time.monotonic()
+        health = cy.client.get("/healthz")
+        assert time.monotonic() - started < FROZEN_BOUND_SECONDS
+        assert health.status_code == 503 and health.get_json()["checks"]["broker"]["ok"] is False
+    finally:
+        os.kill(stack.redis.pid, signal.SIGCONT)
+
+    started = time.monotonic()
+    _export_succeeds(stack, cy, "cy", cy_id, timeout=90)
+    print(f"export after the broker resumed in {time.monotonic() - started:.1f}s")
+    assert worker.process.poll() is None and worker.process.pid == worker_pid
+    assert "Unrecoverable error" not in worker.log()
+
+
+def test_a_worker_survives_a_long_freeze_and_reconnects(stack):
+    """Frozen long enough for a polling worker to drop its silent connection: it keeps
+    running, reconnects once Redis answers again, and exports go through again.
+
+    A worker of its own: the module's worker holds welcome emails until their eta, its
+    prefetch is full and it is not polling, so it has no reply to miss."""
+    app = stack.app
+    process_env = {**os.environ, **stack.environ, "FLASK_SKIP_DOTENV": "1", "PYTHONUNBUFFERED": "1"}
+    polling = WorkerProcess(process_env, stack.directory / "polling-worker.log", concurrency=1)
+    polling.start(celery)
+    try:
+        pid = polling.process.pid
+        dee_id = _add_user(app, "dee")
+        dee = _logged_in(app, "dee")
+        os.kill(stack.redis.pid, signal.SIGSTOP)
+        try:
+            wait_until(lambda: "got no reply" in polling.log(), 30,
+                       message="the polling worker to drop its silent broker connection")
+        finally:
+            os.kill(stack.redis.pid, signal.SIGCONT)
+        wait_until(lambda: celery.control.ping(destination=[polling.hostname], timeout=1), 60,
+                   message="the polling worker to answer through the broker again")
+        _export_succeeds(stack, dee, "dee", dee_id, timeout=90)
+        assert polling.process.poll() is None and polling.process.pid == pid
+        assert "Unrecoverable error" not in polling.log()
+    finally:
+        polling.stop()
