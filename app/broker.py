@@ -70,6 +70,7 @@ def _patient_replies_in_workers(conf=None, instance=None, **_kwargs) -> None:
         **dict.fromkeys(("socket_timeout", "socket_connect_timeout", "read_timeout", "write_timeout"), timeout),
     }
     conf.redis_socket_timeout = conf.redis_socket_connect_timeout = timeout
+    conf.broker_connection_timeout = timeout
 
 
 @celeryd_init.connect

@@ -57,7 +57,9 @@ def celery_settings(config: Mapping[str, Any]) -> dict[str, Any]:
             "health_check_interval": float(config.get("BROKER_HEALTH_CHECK_INTERVAL", 10.0)),
         },
         "broker_connection_retry_on_startup": True,
-        "broker_connection_timeout": 2.0,
+        # Connecting (TCP and the AMQP handshake) gets two reply timeouts: a publish that
+        # met a silent broker reconnects once before it gives up.
+        "broker_connection_timeout": 2 * reply_timeout,
         "broker_heartbeat": float(config.get("BROKER_HEARTBEAT", 10.0)),
         "redis_socket_timeout": reply_timeout,
         "redis_socket_connect_timeout": reply_timeout,
