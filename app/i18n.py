@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import pytz
@@ -20,6 +21,8 @@ from flask import Flask, Response, current_app, g, has_request_context, request,
 from flask_babel import (format_date, format_datetime, format_number, force_locale, get_locale, gettext,
                          ngettext, refresh)
 from flask_login import current_user, user_loaded_from_cookie
+from werkzeug.datastructures import LanguageAccept
+from werkzeug.http import parse_accept_header
 
 from app.extensions import babel, db, login
 
@@ -93,7 +96,24 @@ def select_locale() -> str | None:
     if chosen in offered:
         return chosen
     g.locale_from_browser = True
-    return request.accept_languages.best_match(list(offered))
+    return browser_language(request.headers.get("Accept-Language", ""), tuple(offered))
+
+
+#: Accept-Language values are few (one per browser setup) and parsing one costs more
+#: than the rest of the choice: remember the answers for values of an ordinary length.
+_REMEMBERED_HEADER_LENGTH = 256
+
+
+def browser_language(header: str, offered: tuple[str, ...]) -> str | None:
+    """The best of ``offered`` for an ``Accept-Language`` value, werkzeug's way."""
+    if len(header) > _REMEMBERED_HEADER_LENGTH:
+        return parse_accept_header(header, LanguageAccept).best_match(offered)
+    return _remembered_browser_language(header, offered)
+
+
+@lru_cache(maxsize=512)
+def _remembered_browser_language(header: str, offered: tuple[str, ...]) -> str | None:
+    return parse_accept_header(header, LanguageAccept).best_match(offered)
 
 
 def select_timezone() -> str | None:
