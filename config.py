@@ -8,6 +8,7 @@ loaded by the Flask CLI and by ``celery_worker.py``.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -74,6 +75,34 @@ def database_url(value: str | None, default: str) -> str:
     for scheme in ("postgres://", "postgresql://"):
         if url.startswith(scheme):
             return "postgresql+psycopg://" + url[len(scheme):]
+    return url
+
+
+#: An S3 bucket name: 3 to 63 lower-case letters, digits, dots and hyphens, a letter or
+#: digit at each end.
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+#: The longest a presigned URL may live (Signature Version 4).
+MAX_PRESIGNED_SECONDS = 7 * 24 * 3600
+
+
+def exports_storage_url(value: str | None) -> str:
+    """``EXPORTS_STORAGE_URL``, checked when the config is read rather than at the first
+    export: empty (exports in ``EXPORTS_DIR``), or ``s3://bucket`` or ``s3://bucket/prefix``."""
+    url = (value or "").strip()
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    if "@" in parts.netloc:  # the value is not repeated: it holds a secret
+        raise ValueError("EXPORTS_STORAGE_URL must not hold credentials: set AWS_ACCESS_KEY_ID and "
+                         "AWS_SECRET_ACCESS_KEY instead")
+    expected = "must be empty (exports in EXPORTS_DIR) or s3://bucket or s3://bucket/prefix"
+    if parts.scheme.lower() != "s3" or parts.query or parts.fragment:
+        raise ValueError(f"EXPORTS_STORAGE_URL {expected}, found {value!r}")
+    if not parts.netloc:
+        raise ValueError(f"EXPORTS_STORAGE_URL {expected}: the bucket is missing, found {value!r}")
+    if not _BUCKET_NAME.fullmatch(parts.netloc):
+        raise ValueError(f"EXPORTS_STORAGE_URL names the bucket {parts.netloc!r}, which is not an S3 bucket "
+                         f"name (3 to 63 lower-case letters, digits, dots and hyphens), found {value!r}")
     return url
 
 
@@ -169,6 +198,14 @@ class Config:
         self.MAIL_RETRY_BACKOFF = env.float("MAIL_RETRY_BACKOFF", 30.0)
         self.MAIL_RETRY_BACKOFF_MAX = env.float("MAIL_RETRY_BACKOFF_MAX", 1800.0)
         self.EXPORTS_DIR = env.text("EXPORTS_DIR", str(instance / "exports"))
+        # Empty: exports in EXPORTS_DIR, on a disk web and workers share. s3://bucket/prefix:
+        # in an S3-compatible store, reached with boto3's own AWS_* variables (app/storage.py).
+        self.EXPORTS_STORAGE_URL = exports_storage_url(env.text("EXPORTS_STORAGE_URL"))
+        # How long the link a download is redirected to works (S3 storage only).
+        self.EXPORTS_DOWNLOAD_URL_SECONDS = env.int("EXPORTS_DOWNLOAD_URL_SECONDS", 60)
+        if not 1 <= self.EXPORTS_DOWNLOAD_URL_SECONDS <= MAX_PRESIGNED_SECONDS:
+            raise ValueError(f"EXPORTS_DOWNLOAD_URL_SECONDS must be from 1 to {MAX_PRESIGNED_SECONDS}, "
+                             f"found {env.environ['EXPORTS_DOWNLOAD_URL_SECONDS']!r}")
         self.EXPORT_RETENTION_DAYS = env.int("EXPORT_RETENTION_DAYS", 7)
         # A running export's lease on its row: a second run of the same message waits
         # this long after the first stopped reporting progress before taking over.

@@ -1,13 +1,16 @@
-"""Exporting a user's posts to a JSON file: streamed, so memory stays flat at any size."""
+"""Exporting a user's posts to a JSON file: streamed, so memory stays flat at any size.
+
+The file goes to the app's export storage (app/storage.py): ``EXPORTS_DIR``, or an
+S3-compatible store when web and workers share no disk.
+"""
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
+from fnmatch import fnmatch
 
 import sqlalchemy as sa
 from flask import current_app
@@ -17,6 +20,7 @@ from app.i18n import N_
 from app.jobs import release_lease, renew_lease, take_lease
 from app import outbox
 from app.models import DeliveryStatus, EmailDelivery, Post, Task, TaskState, finish_task, utcnow
+from app.storage import ExportStorage, export_storage
 
 EXPORT_TASK_NAME = "export_posts"
 #: JSON string literal for a str, non-ASCII kept as is (the C encoder json.dumps uses).
@@ -28,18 +32,24 @@ class ExportFailed(Exception):
     """An export could not be completed; the message is fit to show the user."""
 
 
-def exports_dir() -> Path:
-    """``EXPORTS_DIR``; a relative one is inside the instance folder, so that the web
-    process, the worker and ``send_file`` (which resolves relative paths against the
-    app's package, not the working directory) all agree where the files are."""
-    return Path(current_app.instance_path) / current_app.config["EXPORTS_DIR"]
+#: The names export_file_name gives, for the cleanup's orphan sweep.
+_EXPORT_FILE_PATTERN = "posts-*.json"
+#: Stored files whose tasks the cleanup looks up in one query.
+_CLEANUP_BATCH = 500
 
 
-def export_path(task: Task) -> Path | None:
-    """Where the finished file of an export task lives, if it has one."""
+def export_name(task: Task) -> str | None:
+    """The name of an export task's finished file in the export storage, if it has one
+    (the file may since have expired: ask :func:`export_exists`)."""
     if task.name != EXPORT_TASK_NAME or not task.result_location:
         return None
-    return exports_dir() / task.result_location
+    return task.result_location
+
+
+def export_exists(task: Task) -> bool:
+    """Whether the export task's file is there to download."""
+    name = export_name(task)
+    return name is not None and export_storage().exists(name)
 
 
 def export_file_name(task_id: str) -> str:
@@ -55,12 +65,14 @@ def _iso_timestamp_column() -> sa.ColumnElement[str]:
     raise ExportFailed(f"exports do not support the {db.engine.dialect.name} database yet")
 
 
-def write_posts_export(user_id: int, destination: Path, progress: Callable[[int, int], None]) -> int:
-    """Write the user's posts, oldest first, as ``{"posts": [...]}`` to ``destination``.
+def write_posts_export(user_id: int, name: str, progress: Callable[[int, int], None],
+                       storage: ExportStorage | None = None) -> int:
+    """Write the user's posts, oldest first, as ``{"posts": [...]}`` to the file ``name``
+    of ``storage`` (the app's export storage unless given).
 
     Rows are streamed from the database in batches of ``_STREAM_BATCH`` and written a
-    batch at a time (memory stays flat at any size), into a temporary name renamed
-    when complete: a reader never sees half a file. ``progress(done, total)`` is called
+    batch at a time (memory stays flat at any size); the file appears only when
+    complete: a reader never sees half a file. ``progress(done, total)`` is called
     after every batch and at the end; it decides itself how often to report.
     """
     total = db.session.scalar(sa.select(sa.func.count(Post.id)).where(Post.user_id == user_id)) or 0
@@ -75,11 +87,10 @@ def write_posts_export(user_id: int, destination: Path, progress: Callable[[int,
         .order_by(Post.timestamp, Post.id)
         .execution_options(yield_per=_STREAM_BATCH)
     )
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    temporary = destination.with_name(f".{destination.name}.{os.getpid()}.tmp")
+    storage = storage or export_storage()
     done = 0
     try:
-        with open(temporary, "w", encoding="utf-8") as out:
+        with storage.open_writer(name) as out:
             out.write('{"posts": [')
             separator = ""
             for batch in rows.partitions():
@@ -90,12 +101,8 @@ def write_posts_export(user_id: int, destination: Path, progress: Callable[[int,
                 done += len(batch)
                 progress(done, total)
             out.write("]}\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, destination)
     except BaseException:
         rows.close()
-        temporary.unlink(missing_ok=True)
         raise
     progress(done, done)
     return done
@@ -157,33 +164,34 @@ class CleanupReport:
 
 
 def cleanup_exports(now: datetime | None = None) -> CleanupReport:
-    """Remove exports older than ``EXPORT_RETENTION_DAYS``, stray temporary files, and
-    fail tasks that have been "running" far longer than any task may run."""
+    """Remove exports older than ``EXPORT_RETENTION_DAYS``, what writers that died left
+    behind (temporary files, unfinished uploads) after a day, and fail tasks that have
+    been "running" far longer than any task may run.
+
+    The files are found by listing the storage, and their tasks looked up by name, not by
+    asking about every task that ever had a file: the work grows with the exports kept,
+    not with the history.
+    """
     now = now or utcnow()
     report = CleanupReport()
-    retention = timedelta(days=current_app.config["EXPORT_RETENTION_DAYS"])
-    expired = db.session.scalars(
-        sa.select(Task).where(
-            Task.name == EXPORT_TASK_NAME, Task.result_location.is_not(None), Task.finished < now - retention
-        )
-    )
-    for task in expired:
-        path = export_path(task)
-        if path is not None and path.exists():
-            path.unlink()
-            report.files_removed += 1
-    directory = exports_dir()
-    if directory.is_dir():
-        for stray in directory.glob(".*.tmp"):
-            if stray.stat().st_mtime < now.timestamp() - 24 * 3600:
-                stray.unlink(missing_ok=True)
-                report.temporary_files_removed += 1
-        # Files no task points at (a crash between rename and commit): gone after retention.
-        known = set(db.session.scalars(sa.select(Task.result_location).where(Task.result_location.is_not(None))))
-        for orphan in directory.glob("posts-*.json"):
-            if orphan.name not in known and orphan.stat().st_mtime < (now - retention).timestamp():
-                orphan.unlink(missing_ok=True)
+    storage = export_storage()
+    expired_before = now - timedelta(days=current_app.config["EXPORT_RETENTION_DAYS"])
+    stored = [found for found in storage.list_files() if fnmatch(found.name, _EXPORT_FILE_PATTERN)]
+    for start in range(0, len(stored), _CLEANUP_BATCH):
+        batch = stored[start:start + _CLEANUP_BATCH]
+        owners = {location: (name, finished) for location, name, finished in db.session.execute(
+            sa.select(Task.result_location, Task.name, Task.finished)
+            .where(Task.result_location.in_([found.name for found in batch])))}
+        for found in batch:
+            if found.name in owners:
+                task_name, finished = owners[found.name]
+                expired = task_name == EXPORT_TASK_NAME and finished is not None and finished < expired_before
+            else:  # no task points at it (a crash between writing and recording): gone after retention
+                expired = found.modified < expired_before
+            if expired:
+                storage.delete(found.name)
                 report.files_removed += 1
+    report.temporary_files_removed = storage.discard_unfinished(now - timedelta(hours=24))
     limit = timedelta(seconds=current_app.config["CELERY_TASK_TIME_LIMIT"] + 600)
     stale = db.session.scalars(sa.select(Task).where(Task.finished.is_(None), Task.created < now - limit))
     for task in stale:
@@ -195,16 +203,17 @@ def cleanup_exports(now: datetime | None = None) -> CleanupReport:
     return report
 
 
-def send_export_email(user, task: Task, path: Path, count: int) -> bool:
-    """Email the user their links (and the file when small enough), in the language of
-    the click that started the export; True if attached."""
+def send_export_email(user, task: Task, name: str, count: int) -> bool:
+    """Email the user their links (and the file ``name`` when small enough), in the
+    language of the click that started the export; True if attached."""
     from flask import render_template, url_for
     from flask_babel import gettext
 
     from app.email import Attachment, send_email
     from app.i18n import language_of
 
-    size = path.stat().st_size
+    storage = export_storage()
+    size = storage.size(name)
     attach = size <= current_app.config["MAIL_MAX_ATTACHMENT_BYTES"]
     context = dict(
         user=user,
@@ -215,7 +224,11 @@ def send_export_email(user, task: Task, path: Path, count: int) -> bool:
         profile_url=url_for("main.user", username=user.username, _external=True),
         retention_days=current_app.config["EXPORT_RETENTION_DAYS"],
     )
-    attachments = [Attachment(f"{user.username}-posts.json", "application/json", path.read_bytes())] if attach else []
+    attachments = []
+    if attach:
+        with storage.open_reader(name) as exported:
+            content = exported.read()
+        attachments.append(Attachment(f"{user.username}-posts.json", "application/json", content))
     with language_of(user):
         send_email(
             gettext("[Microblog] Your posts are ready"),
@@ -299,11 +312,11 @@ def _set_error(task_id: str, message: str) -> None:
     db.session.commit()
 
 
-def count_exported_posts(path: Path) -> int:
+def count_exported_posts(name: str) -> int:
     """Posts in a finished export file: each starts with ``{"body": `` and, JSON-escaped,
     no body can contain that sequence."""
     marker, count, tail = b'{"body": ', 0, b""
-    with open(path, "rb") as exported:
+    with export_storage().open_reader(name) as exported:
         while chunk := exported.read(1 << 20):
             block = tail + chunk
             count += block.count(marker)
@@ -342,15 +355,16 @@ def _export_and_notify(task_id: str, user, celery_task, lease: tuple[str, float]
     from app import audit
 
     name = export_file_name(task_id)
-    destination = exports_dir() / name
+    storage = export_storage()
     task = db.session.get(Task, task_id)
-    if task.result_location == name and destination.exists():
-        count = count_exported_posts(destination)  # written by an earlier attempt
+    if task.result_location == name and storage.exists(name):
+        count = count_exported_posts(name)  # written by an earlier attempt
     else:
         try:
-            count = write_posts_export(user.id, destination, ProgressReporter(task_id, celery_task, lease=lease))
+            progress = ProgressReporter(task_id, celery_task, lease=lease)
+            count = write_posts_export(user.id, name, progress, storage)
         except OSError as exc:
-            raise ExportWriteError(f"could not write {destination}: {exc}") from exc
+            raise ExportWriteError(f"could not write {storage.location(name)}: {exc}") from exc
         task = db.session.get(Task, task_id)
         task.result_location = name
         db.session.commit()
@@ -366,8 +380,8 @@ def _export_and_notify(task_id: str, user, celery_task, lease: tuple[str, float]
             renew_lease(connection, task_id, *lease)  # the SMTP conversation may take a while
         claimed = outbox.claim(delivery.id)
         if claimed is not None:
-            attached = _send(claimed, user, task, destination, count)
-            audit.record("export_posts", f"{count} posts, {destination.stat().st_size} bytes, "
+            attached = _send(claimed, user, task, name, count)
+            audit.record("export_posts", f"{count} posts, {storage.size(name)} bytes, "
                                          f"{'attached' if attached else 'link only'}", user_id=user.id)
     elif delivery.status == DeliveryStatus.FAILED:
         raise ExportEmailError(f"could not email {user.email}: {delivery.last_error}")
@@ -386,12 +400,12 @@ def _export_delivery(task: Task, user) -> EmailDelivery:
     return delivery
 
 
-def _send(delivery: EmailDelivery, user, task: Task, destination: Path, count: int) -> bool:
+def _send(delivery: EmailDelivery, user, task: Task, name: str, count: int) -> bool:
     """Send the claimed email; record the outcome on its row either way."""
     from app.email import backoff_seconds, describe_failure, is_transient
 
     try:
-        attached = send_export_email(user, task, destination, count)
+        attached = send_export_email(user, task, name, count)
     except Exception as exc:
         db.session.rollback()
         reason = describe_failure(exc)

@@ -150,7 +150,7 @@ class Task(db.Model):
     error: so.Mapped[str | None] = so.mapped_column(sa.Text)
     created: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
     finished: so.Mapped[datetime | None] = so.mapped_column(UTCDateTime)
-    result_location: so.Mapped[str | None] = so.mapped_column(sa.String(512))
+    result_location: so.Mapped[str | None] = so.mapped_column(sa.String(512), index=True)
     #: The run working on the task, and until when: another run of the same message (a
     #: redelivery) stands back while the lease holds, and takes over once it has ended.
     lease_owner: so.Mapped[str | None] = so.mapped_column(sa.String(32))

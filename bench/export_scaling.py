@@ -5,13 +5,18 @@
     .venv/bin/python bench/export_scaling.py --quick           # a smoke run (tests/test_bench_export.py)
     .venv/bin/python bench/export_scaling.py --sizes 50000 --repeat 3
 
-Two ways of exporting one user's posts are measured in the same run, on the same
+Three ways of exporting one user's posts are measured in the same run, on the same
 SQLite databases:
 
 ours
-    ``app.exports.write_posts_export(user_id, path, ProgressReporter(task_id))``, the
-    export task's work: rows streamed from the database and written one at a time,
-    progress recorded on a real ``Task`` row.
+    ``app.exports.write_posts_export(user_id, name, ProgressReporter(task_id))``, the
+    export task's work: rows streamed from the database and written a batch at a time
+    to ``EXPORTS_DIR``, progress recorded on a real ``Task`` row.
+s3
+    the same, with ``EXPORTS_STORAGE_URL=s3://...``: the file streamed by multipart
+    upload (8 MiB parts) to moto's S3-compatible server, a process of its own on
+    127.0.0.1 that the benchmark starts (``--no-s3`` to skip it). The server runs on
+    the same CPUs, so its time is in the figure, as a store's network time would be.
 naive
     the Mega-Tutorial's export (its RQ ``export_posts`` task, without the per-post
     progress and sleep): every post loaded as an ORM object, a list of dicts built
@@ -23,15 +28,16 @@ naive
     default is the kinder, faster form. (The naive peak is reached while the ORM
     objects are loaded, so the indent hardly changes it.)
 
-Both write their file and ``fsync`` it. Each database is seeded once per size with
+The local sides write their file and ``fsync`` it. Each database is seeded once per size with
 ``app.cli.seed_posts`` (the user being exported, plus another user with a few posts so
 the query has to filter). Every measurement runs in a fresh child process, so its peak
 memory is its own: the child builds the app, reads its high-water RSS (``VmHWM``, or
 ``ru_maxrss`` where /proc is missing) as the baseline, runs one export, reads the
 high-water mark again, and then checks the file: valid JSON, the expected number of
 posts, every body in timestamp order. A benchmark of a broken export is worthless, so
-a wrong file is an error. With ``--repeat N`` each side runs N times per size (the
-sides alternating) and the best (lowest) time and peak are reported.
+a wrong file is an error (the s3 side's is read back from the store). With
+``--repeat N`` each side runs N times per size (the sides taking turns) and the best
+(lowest) time and peak are reported.
 
 Targets (from the issue) are reported as PASS/MISS; a MISS never fails the run: the
 exit status is non-zero only when something actually broke.
@@ -94,7 +100,7 @@ def high_water_rss_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024
 
 
-def child_app(database: Path, instance: Path):
+def child_app(database: Path, instance: Path, storage_url: str = ""):
     from app import create_app
     from config import TestingConfig
 
@@ -110,6 +116,8 @@ def child_app(database: Path, instance: Path):
         "MAIL_PORT": "1",
         "INSTANCE_PATH": str(instance),
         "EXPORTS_DIR": str(instance / "exports"),
+        # The store's endpoint and credentials come from boto3's AWS_* variables.
+        "EXPORTS_STORAGE_URL": storage_url,
     }))
 
 
@@ -147,7 +155,7 @@ def child_seed(database: Path, instance: Path, count: int) -> dict:
     return result
 
 
-def run_ours(user_id: int, destination: Path) -> tuple[int, dict]:
+def run_ours(user_id: int, name: str) -> tuple[int, dict]:
     from uuid import uuid4
 
     import sqlalchemy as sa
@@ -167,7 +175,7 @@ def run_ours(user_id: int, destination: Path) -> tuple[int, dict]:
     db.session.expunge_all()
 
     began = time.perf_counter()
-    count = write_posts_export(user_id, destination, reporter)
+    count = write_posts_export(user_id, name, reporter)  # to the app's export storage
     seconds = time.perf_counter() - began
 
     db.session.rollback()
@@ -205,17 +213,17 @@ def run_naive(user_id: int, destination: Path, indent: int | None = None) -> tup
     return len(data), {"seconds": seconds}
 
 
-def check_export(path: Path, expected: int) -> dict:
+def check_export(storage, name: str, expected: int) -> dict:
     """The file is valid JSON with ``expected`` posts, bodies in order: Post 1 .. Post N."""
-    with open(path, encoding="utf-8") as source:
+    with storage.open_reader(name) as source:
         posts = json.load(source)["posts"]
     if len(posts) != expected:
-        raise AssertionError(f"{path.name}: {len(posts)} posts in the file, expected {expected}")
+        raise AssertionError(f"{name}: {len(posts)} posts in the file, expected {expected}")
     for n, post in enumerate(posts, start=1):
         if post["body"] != f"Post {n} by {USERNAME}":
-            raise AssertionError(f"{path.name}: post {n} is {post!r}, out of order or not the user's")
+            raise AssertionError(f"{name}: post {n} is {post!r}, out of order or not the user's")
     return {
-        "file_bytes": path.stat().st_size,
+        "file_bytes": storage.size(name),
         # Compared across the two sides by the parent (seconds precision, without the zone).
         "first_timestamp": posts[0]["timestamp"][:19] if posts else None,
         "last_timestamp": posts[-1]["timestamp"][:19] if posts else None,
@@ -223,26 +231,31 @@ def check_export(path: Path, expected: int) -> dict:
 
 
 def child_measure(side: str, database: Path, instance: Path, user_id: int, expected: int,
-                  naive_indent: int | None = None) -> dict:
-    app = child_app(database, instance)
-    destination = instance / "exports" / f"posts-{side}-{os.getpid()}.json"
+                  naive_indent: int | None = None, storage_url: str = "") -> dict:
+    from app.storage import LocalStorage, export_storage
+
+    app = child_app(database, instance, storage_url if side == "s3" else "")
+    name = f"posts-{side}-{os.getpid()}.json"
     with app.app_context():
         from app.extensions import db
 
         db.session.execute(db.select(1))  # the pool's first connection, as in a running worker
+        storage = export_storage()
+        storage.exists(name)  # the store's client built and its first request made, as in a running worker
         baseline = high_water_rss_bytes()
-        if side == "ours":
-            count, result = run_ours(user_id, destination)
+        if side == "naive":
+            storage = LocalStorage(instance / "exports")
+            count, result = run_naive(user_id, storage.path(name), naive_indent)
         else:
-            count, result = run_naive(user_id, destination, naive_indent)
+            count, result = run_ours(user_id, name)
         peak = high_water_rss_bytes()
         db.session.remove()
-    if count != expected:
-        raise AssertionError(f"{side} exported {count} posts, expected {expected}")
-    try:
-        result.update(check_export(destination, expected))
-    finally:
-        destination.unlink(missing_ok=True)
+        if count != expected:
+            raise AssertionError(f"{side} exported {count} posts, expected {expected}")
+        try:
+            result.update(check_export(storage, name, expected))
+        finally:
+            storage.delete(name)
     result.update(side=side, posts=count, baseline_bytes=baseline, peak_bytes=peak)
     return result
 
@@ -252,7 +265,8 @@ def child_main(args: argparse.Namespace) -> None:
     if args.child == "seed":
         result = child_seed(database, instance, args.count)
     else:
-        result = child_measure(args.child, database, instance, args.user_id, args.count, args.naive_indent)
+        result = child_measure(args.child, database, instance, args.user_id, args.count, args.naive_indent,
+                               args.storage_url or "")
     print(json.dumps(result), flush=True)
 
 
@@ -286,6 +300,7 @@ class Row:
     posts: int
     ours: list[dict]
     naive: list[dict]
+    s3: list[dict]
 
     @staticmethod
     def best(runs: list[dict], key: str) -> float:
@@ -319,8 +334,21 @@ class Row:
     def naive_growth_mb(self) -> float:
         return self.best_growth_mb(self.naive)
 
+    @property
+    def s3_seconds(self) -> float:
+        return self.best(self.s3, "seconds")
 
-def measure_size(size: int, workdir: Path, repeat: int, reuse: bool, naive_indent: int | None) -> Row:
+    @property
+    def s3_peak_mb(self) -> float:
+        return self.best(self.s3, "peak_bytes") / MB
+
+    @property
+    def s3_growth_mb(self) -> float:
+        return self.best_growth_mb(self.s3)
+
+
+def measure_size(size: int, workdir: Path, repeat: int, reuse: bool, naive_indent: int | None,
+                 storage_url: str) -> Row:
     database = workdir / f"posts-{size}.db"
     instance = workdir / f"instance-{size}"
     info = workdir / f"posts-{size}.json"
@@ -336,13 +364,16 @@ def measure_size(size: int, workdir: Path, repeat: int, reuse: bool, naive_inden
             raise BenchError(f"seeding inserted {seeded['inserted']} posts, expected {size}")
         info.write_text(json.dumps(seeded))
         print(f"  {size:>9} posts: seeded in {seeded['seconds']:.1f}s", flush=True)
-    row = Row(size, [], [])
+    row = Row(size, [], [], [])
     common = ("--database", str(database), "--instance", str(instance),
               "--user-id", str(seeded["user_id"]), "--count", str(size))
+    sides = ("ours", "naive", "s3") if storage_url else ("ours", "naive")
     for round_number in range(repeat):
-        order = ("ours", "naive") if round_number % 2 == 0 else ("naive", "ours")
-        for side in order:
+        turn = round_number % len(sides)
+        for side in sides[turn:] + sides[:turn]:
             extra = ("--naive-indent", str(naive_indent)) if side == "naive" and naive_indent is not None else ()
+            if side == "s3":
+                extra = ("--storage-url", storage_url)
             result = run_child("--child", side, *common, *extra)
             getattr(row, side).append(result)
             print(f"  {size:>9} posts: {side:<5} {result['seconds']:8.3f}s  "
@@ -353,6 +384,10 @@ def measure_size(size: int, workdir: Path, repeat: int, reuse: bool, naive_inden
         if ours[key] != naive[key]:
             raise BenchError(f"{size} posts: the two exports disagree on the {key.replace('_', ' ')}: "
                              f"ours {ours[key]!r}, naive {naive[key]!r}")
+    if row.s3 and (row.s3[0]["file_bytes"], row.s3[0]["last_timestamp"]) != (ours["file_bytes"],
+                                                                             ours["last_timestamp"]):
+        raise BenchError(f"{size} posts: the file in the store is not the file on disk: "
+                         f"{row.s3[0]['file_bytes']} bytes, {ours['file_bytes']} on disk")
     return row
 
 
@@ -370,6 +405,14 @@ def print_table(rows: list[Row]) -> None:
     print("time x / mem x: naive divided by ours (higher is better for ours). MB: peak resident set")
     print("size of the whole process (Python, Flask, SQLAlchemy, Celery included); +MB: the peak's")
     print("growth over the process's own high-water mark just before the export started.")
+    if not rows[0].s3:
+        return
+    print()
+    print("s3: ours streamed to the S3-compatible server by multipart upload (8 MiB parts)")
+    print(f"{'posts':>9} {'s3 s':>9} {'ours s':>9} {'s3/ours':>8} {'s3 MB':>9} {'s3 +MB':>9}")
+    for row in rows:
+        print(f"{row.posts:>9} {row.s3_seconds:>9.3f} {row.ours_seconds:>9.3f} "
+              f"{row.s3_seconds / row.ours_seconds:>7.1f}x {row.s3_peak_mb:>9.1f} {row.s3_growth_mb:>9.1f}")
 
 
 def print_targets(rows: list[Row]) -> None:
@@ -396,6 +439,23 @@ def print_targets(rows: list[Row]) -> None:
         verdict = "PASS" if growth < TARGET_GROWTH_MB else "MISS"
         print(f"  peak memory growth {GROWTH_FROM} -> {TARGET_SIZE} posts < {TARGET_GROWTH_MB} MB: "
               f"ours {growth:+.1f} MB ({small.ours_peak_mb:.1f} -> {big.ours_peak_mb:.1f})  {verdict}")
+        if big.s3:
+            growth = big.s3_peak_mb - small.s3_peak_mb
+            verdict = "PASS" if growth < TARGET_GROWTH_MB else "MISS"
+            print(f"  peak memory growth {GROWTH_FROM} -> {TARGET_SIZE} posts < {TARGET_GROWTH_MB} MB: "
+                  f"s3 {growth:+.1f} MB ({small.s3_peak_mb:.1f} -> {big.s3_peak_mb:.1f})  {verdict}")
+
+
+def start_s3_server(workdir: Path):
+    """moto's S3 server, as the tests start it, with a bucket for this run; the children
+    reach it through boto3's AWS_* variables, set here for them to inherit."""
+    from tests.support.s3 import S3Server
+
+    server = S3Server(workdir / "moto.log").start()
+    os.environ.update(server.environ())
+    bucket = server.new_bucket()
+    print(f"s3 side: moto's server at {server.endpoint_url}, bucket {bucket}", flush=True)
+    return server, f"s3://{bucket}/exports"
 
 
 def load_average() -> str:
@@ -429,11 +489,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path,
                         help="keep the seeded databases here and reuse them on the next run; empty it "
                              "after a schema change (default: a temporary directory, removed at the end)")
+    parser.add_argument("--no-s3", action="store_true",
+                        help="leave out the s3 side (it needs moto, from requirements-dev.txt)")
     parser.add_argument("--naive-indent", type=int, metavar="N",
                         help="json.dumps(..., indent=N) on the naive side, as the tutorial writes it "
                              "(default: no indent, the faster C encoder)")
     # Internal: what a child process does.
-    parser.add_argument("--child", choices=("seed", "ours", "naive"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("seed", "ours", "naive", "s3"), help=argparse.SUPPRESS)
+    parser.add_argument("--storage-url", help=argparse.SUPPRESS)
     parser.add_argument("--database", help=argparse.SUPPRESS)
     parser.add_argument("--instance", help=argparse.SUPPRESS)
     parser.add_argument("--user-id", type=int, help=argparse.SUPPRESS)
@@ -458,13 +521,20 @@ def main(argv: list[str] | None = None) -> int:
     else:
         workdir, cleanup = Path(tempfile.mkdtemp(prefix="export-scaling-")), True
     began = time.perf_counter()
+    s3_server = None
     try:
-        rows = [measure_size(size, workdir, args.repeat, reuse=not cleanup, naive_indent=args.naive_indent)
+        storage_url = ""
+        if not args.no_s3:
+            s3_server, storage_url = start_s3_server(workdir)
+        rows = [measure_size(size, workdir, args.repeat, reuse=not cleanup, naive_indent=args.naive_indent,
+                             storage_url=storage_url)
                 for size in sizes]
     except BenchError as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return 1
     finally:
+        if s3_server is not None:
+            s3_server.stop()
         if cleanup:
             shutil.rmtree(workdir, ignore_errors=True)
     print_table(rows)

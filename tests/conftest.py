@@ -12,6 +12,7 @@ from app import create_app
 from app.extensions import celery, db
 from config import TestingConfig
 from devservers.smtp_sink import start_sink
+from tests.support.s3 import S3Server
 from tests.support.services import RedisService, WorkerProcess, flask_db, process_environ
 
 TEST_SECRET_KEY = "test-secret-key-0123456789abcdef"
@@ -41,6 +42,15 @@ def smtp_server(tmp_path_factory):
     controller, sink = start_sink(tmp_path_factory.mktemp("mail"))
     yield controller, sink
     controller.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's standalone S3-compatible server, a real process on 127.0.0.1; a test makes a
+    bucket of its own with ``s3_server.new_bucket()``."""
+    server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log").start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

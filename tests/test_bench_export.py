@@ -17,6 +17,11 @@ ROW = re.compile(
     rf"\s+(-?\d+(?:\.\d+)?)\s+(-?\d+(?:\.\d+)?)\s*$",
     re.MULTILINE,
 )
+#: posts, s3 s, ours s, s3/ours, s3 MB, s3 +MB
+S3_ROW = re.compile(
+    rf"^\s*(?P<posts>\d+)\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x\s+{NUMBER}\s+(-?\d+(?:\.\d+)?)\s*$",
+    re.MULTILINE,
+)
 QUICK_SIZES = (2000, 20000)
 
 
@@ -29,6 +34,12 @@ def test_quick_benchmark_runs_and_prints_a_row_per_size():
         assert ours_s > 0 and naive_s > 0 and time_x > 0, (posts, output)
         # Whole-process peaks: an interpreter with Flask and SQLAlchemy loaded is tens of MB.
         assert ours_mb > 10 and naive_mb > 10 and mem_x > 0, (posts, output)
+    s3_table = output[output.index("s3: ours streamed"):]
+    s3_rows = {int(match["posts"]): [float(match.group(i)) for i in range(2, 7)]
+               for match in S3_ROW.finditer(s3_table)}
+    assert sorted(s3_rows) == list(QUICK_SIZES), output
+    for posts, (s3_s, _ours_s, ratio, s3_mb, _growth) in s3_rows.items():
+        assert s3_s > 0 and ratio > 0 and s3_mb > 10, (posts, output)
     # The targets are set for 1M posts: a quick run says so rather than judging 20k posts.
     assert "not measured" in output, output
     assert "PASS" not in output and "MISS" not in output, output

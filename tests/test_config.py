@@ -34,6 +34,8 @@ def full_environ(tmp_path):
         "MAIL_PASSWORD": "mail-password",
         "MAIL_DEFAULT_SENDER": "Blog <blog@example.com>",
         "EXPORTS_DIR": str(tmp_path / "exports-here"),
+        "EXPORTS_STORAGE_URL": "s3://exports-bucket/some/prefix",
+        "EXPORTS_DOWNLOAD_URL_SECONDS": "90",
         "SERVER_NAME": "microblog.example",
         "TRUSTED_HOSTS": "microblog.example, www.microblog.example",
         "INSTANCE_PATH": str(tmp_path / "instance-here"),
@@ -55,6 +57,8 @@ def full_environ(tmp_path):
         ("MAIL_PASSWORD", "mail-password"),
         ("MAIL_DEFAULT_SENDER", "Blog <blog@example.com>"),
         ("EXPORTS_DIR", "{tmp}/exports-here"),
+        ("EXPORTS_STORAGE_URL", "s3://exports-bucket/some/prefix"),
+        ("EXPORTS_DOWNLOAD_URL_SECONDS", 90),
         ("SERVER_NAME", "microblog.example"),
         ("TRUSTED_HOSTS", ["microblog.example", "www.microblog.example"]),
         ("INSTANCE_PATH", "{tmp}/instance-here"),
@@ -138,10 +142,43 @@ def test_a_bad_boolean_names_the_variable_and_the_value(name):
         Config({name: "maybe"})
 
 
-@pytest.mark.parametrize("name", ["MAIL_PORT", "POSTS_PER_PAGE", "SQLITE_BUSY_TIMEOUT_MS"])
+@pytest.mark.parametrize("name", ["MAIL_PORT", "POSTS_PER_PAGE", "SQLITE_BUSY_TIMEOUT_MS",
+                                  "EXPORTS_DOWNLOAD_URL_SECONDS"])
 def test_a_bad_integer_names_the_variable_and_the_value(name):
     with pytest.raises(ValueError, match=rf"{name}.*'twenty'"):
         Config({name: "twenty"})
+
+
+def test_exports_stay_in_exports_dir_unless_a_storage_url_is_given():
+    settings = Config({})
+    assert (settings.EXPORTS_STORAGE_URL, settings.EXPORTS_DOWNLOAD_URL_SECONDS) == ("", 60)
+    assert Config({"EXPORTS_STORAGE_URL": " "}).EXPORTS_STORAGE_URL == ""
+
+
+@pytest.mark.parametrize("url", ["s3://my-bucket", "s3://my-bucket/exports", "s3://my.bucket-2/a/b/"])
+def test_an_s3_storage_url_is_accepted(url):
+    assert Config({"EXPORTS_STORAGE_URL": url}).EXPORTS_STORAGE_URL == url
+
+
+@pytest.mark.parametrize("url", ["gs://my-bucket/exports", "/var/exports", "file:///var/exports", "s3://",
+                                 "s3:///exports", "s3://My_Bucket", "s3://my-bucket:9000/x",
+                                 "s3://my-bucket?region=x"])
+def test_a_bad_storage_url_names_the_variable_and_the_value(url):
+    with pytest.raises(ValueError, match="EXPORTS_STORAGE_URL") as excinfo:
+        Config({"EXPORTS_STORAGE_URL": url})
+    assert repr(url) in str(excinfo.value)
+
+
+def test_a_storage_url_with_credentials_is_refused_without_repeating_them():
+    with pytest.raises(ValueError, match="EXPORTS_STORAGE_URL.*AWS_ACCESS_KEY_ID") as excinfo:
+        Config({"EXPORTS_STORAGE_URL": "s3://AKIAEXAMPLE:very-secret@my-bucket/exports"})
+    assert "very-secret" not in str(excinfo.value)
+
+
+@pytest.mark.parametrize("seconds", ["0", "-5", "604801"])
+def test_a_download_link_life_out_of_range_names_the_variable_and_the_value(seconds):
+    with pytest.raises(ValueError, match=rf"EXPORTS_DOWNLOAD_URL_SECONDS.*'{seconds}'"):
+        Config({"EXPORTS_DOWNLOAD_URL_SECONDS": seconds})
 
 
 def test_trusted_hosts_is_a_comma_separated_list_ignoring_blanks():

@@ -27,12 +27,12 @@ from app.exports import (
     ProgressReporter,
     cleanup_exports,
     export_file_name,
-    exports_dir,
     run_export,
     write_posts_export,
 )
 from app.extensions import db
 from app.models import AuditEvent, Post, Task, TaskState, User, utcnow
+from app.storage import LocalStorage, exports_dir
 from tests.conftest import AuthActions, csrf_token_in
 
 SITE = "https://blog.example.org/"
@@ -71,10 +71,15 @@ def no_progress(done: int, total: int) -> None:
     pass
 
 
+def export_to_file(user_id: int, path: Path, progress=no_progress) -> int:
+    """write_posts_export into the file ``path``, in a directory of the test's own."""
+    return write_posts_export(user_id, path.name, progress, LocalStorage(path.parent))
+
+
 def finished_export(user_id: int, *, finished: datetime | None = None, name: str = EXPORT_TASK_NAME) -> str:
     """A finished export with its file written (inside an app context)."""
     task_id = str(uuid4())
-    write_posts_export(user_id, exports_dir() / export_file_name(task_id), no_progress)
+    write_posts_export(user_id, export_file_name(task_id), no_progress)
     db.session.add(Task(id=task_id, name=name, description="Exporting posts...", user_id=user_id,
                         state=TaskState.SUCCESS, progress=100, finished=finished or utcnow(),
                         result_location=export_file_name(task_id)))
@@ -120,7 +125,7 @@ def test_export_lists_only_the_users_posts_oldest_first_with_utc_timestamps(app,
                    datetime(2024, 1, 15, 23, 59, 59, tzinfo=utc)))
         add_posts(bob, ("not ann's", datetime(2024, 1, 20, tzinfo=utc)))
         destination = tmp_path / "out" / "ann.json"
-        count = write_posts_export(ann, destination, no_progress)
+        count = export_to_file(ann, destination, no_progress)
 
     assert count == 4
     assert json.loads(destination.read_text(encoding="utf-8")) == {"posts": [
@@ -136,7 +141,7 @@ def test_export_of_a_user_without_posts_is_an_empty_list(app, tmp_path):
         ann = add_user("ann")
         add_posts(add_user("bob"), ("bob's", utcnow()))
         destination = tmp_path / "ann.json"
-        assert write_posts_export(ann, destination, no_progress) == 0
+        assert export_to_file(ann, destination, no_progress) == 0
     assert json.loads(destination.read_bytes()) == {"posts": []}
 
 
@@ -152,7 +157,7 @@ def test_export_is_written_under_a_temporary_name_then_renamed(app, tmp_path, mo
     with app.app_context():
         ann = add_user("ann")
         add_posts(ann, *((f"post {n}", utcnow() - timedelta(minutes=n)) for n in range(3)))
-        write_posts_export(ann, destination, progress)
+        export_to_file(ann, destination, progress)
 
     assert len(seen_while_writing) >= 3, "progress was not called after every batch"
     for exists, names in seen_while_writing[:3]:  # during the loop over the rows
@@ -174,7 +179,7 @@ def test_an_export_failing_midway_leaves_neither_file_nor_temporary(app, tmp_pat
         ann = add_user("ann")
         add_posts(ann, *((f"post {n}", utcnow() - timedelta(minutes=n)) for n in range(5)))
         with pytest.raises(RuntimeError, match="stopped midway"):
-            write_posts_export(ann, destination, progress)
+            export_to_file(ann, destination, progress)
 
     assert not destination.exists()
     assert list(destination.parent.iterdir()) == []
@@ -215,7 +220,7 @@ def test_progress_of_5000_posts_is_recorded_at_most_once_per_percent(app, tmp_pa
         seed_posts(db.session.get(User, ann), 5_000)
         task_id = add_task(ann)
         reporter = RecordingReporter(task_id, min_interval=0)
-        assert write_posts_export(ann, tmp_path / "ann.json", reporter) == 5_000
+        assert export_to_file(ann, tmp_path / "ann.json", reporter) == 5_000
 
         assert 2 <= len(reporter.recorded) <= 101
         assert all(a < b for a, b in zip(reporter.recorded, reporter.recorded[1:]))
@@ -231,7 +236,7 @@ def test_progress_with_a_long_interval_records_only_the_first_report_and_100(app
         seed_posts(db.session.get(User, ann), 5_000)
         task_id = add_task(ann)
         reporter = RecordingReporter(task_id, min_interval=3600)
-        write_posts_export(ann, tmp_path / "ann.json", reporter)
+        export_to_file(ann, tmp_path / "ann.json", reporter)
 
         # The first report (after the first batch of rows), then only 100.
         assert len(reporter.recorded) == 2 and reporter.recorded[0] < 100 and reporter.recorded[1] == 100
@@ -258,7 +263,7 @@ def test_export_memory_does_not_grow_with_the_number_of_posts(app, tmp_path):
     def peak_while_exporting(user_id: int, task_id: str, name: str) -> int:
         tracemalloc.start()
         try:
-            write_posts_export(user_id, tmp_path / name, ProgressReporter(task_id, min_interval=0))
+            export_to_file(user_id, tmp_path / name, ProgressReporter(task_id, min_interval=0))
             return tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
@@ -791,11 +796,11 @@ def test_task_status_offers_a_download_only_once_the_file_exists(app, ann_and_bo
         row = db.session.get(Task, task_id)
         row.result_location = export_file_name(task_id)
         db.session.commit()
-        destination = exports_dir() / row.result_location
+        name = row.result_location
     assert auth.get(f"/tasks/{task_id}").get_json()["download_url"] is None
 
     with app.app_context():
-        write_posts_export(ann, destination, no_progress)
+        write_posts_export(ann, name, no_progress)
     assert auth.get(f"/tasks/{task_id}").get_json()["download_url"] == f"/exports/{task_id}"
 
 

@@ -1,11 +1,11 @@
 import sqlalchemy as sa
-from flask import abort, current_app, flash, jsonify, redirect, render_template, request, send_file, url_for
+from flask import abort, current_app, flash, jsonify, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_celery_request import ContextCaptureError
 from flask_login import current_user, login_required
 
 from app import audit, i18n
-from app.exports import EXPORT_TASK_NAME, export_path
+from app.exports import EXPORT_TASK_NAME, export_exists, export_name
 from app.extensions import db
 from app.errors.handlers import wants_json
 from app.i18n import N_
@@ -13,6 +13,7 @@ from app.main import bp
 from app.main.forms import EmptyForm, LanguageForm, PostForm
 from app.jobs import TaskAlreadyRunning, TaskNotStarted, launch_task
 from app.models import AuditEvent, Post, Task, User
+from app.storage import export_storage
 from app.tasks import export_posts as export_posts_task
 from app.tasks import ping
 from app.urls import safe_next
@@ -126,10 +127,7 @@ def task_status(task_id: str):
     """A task's state as JSON, its words in the user's language; other users' tasks do
     not exist for you (404)."""
     task = _own_task_or_404(task_id)
-    path = export_path(task)
-    download_url = (
-        url_for("main.download_export", task_id=task.id) if path is not None and path.exists() else None
-    )
+    download_url = url_for("main.download_export", task_id=task.id) if export_exists(task) else None
     return jsonify(
         id=task.id,
         name=task.name,
@@ -144,22 +142,23 @@ def task_status(task_id: str):
 @bp.route("/exports/<task_id>")
 @login_required
 def download_export(task_id: str):
-    """The export file, as an attachment; 410 Gone once it has expired."""
+    """The export file, as an attachment (from the export storage: a file sent, or a
+    redirect to a short-lived link to the object); 410 Gone once it has expired."""
     task = _own_task_or_404(task_id)
     if task.name != EXPORT_TASK_NAME:
         abort(404)
-    path = export_path(task)
-    if path is None and task.is_running:
+    name = export_name(task)
+    if name is None and task.is_running:
         abort(409, description=_("This export is not ready yet; watch its progress bar or wait for the "
                                  "email."))
-    if path is None:
+    if name is None:
         abort(404, description=_("This export failed and has no file. Start a new export from your profile "
                                  "page."))
-    if not path.exists():
+    storage = export_storage()
+    if not storage.exists(name):
         abort(410, description=_("This export has expired and its file was removed. Start a new export "
                                  "from your profile page."))
-    return send_file(path, mimetype="application/json", as_attachment=True,
-                     download_name=f"{current_user.username}-posts.json", max_age=0)
+    return storage.download(name, f"{current_user.username}-posts.json", "application/json")
 
 
 @bp.route("/activity")

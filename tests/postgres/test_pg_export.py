@@ -13,6 +13,7 @@ from app.cli import seed_posts
 from app.exports import write_posts_export
 from app.extensions import db
 from app.models import Post, Task, TaskState, User
+from app.storage import LocalStorage
 from tests.conftest import LIVE_MAX_ATTACHMENT_BYTES, AuthActions, csrf_token_in
 from tests.support.postgres import PostgresServer
 from tests.support.services import wait_until
@@ -74,7 +75,7 @@ def test_timestamps_are_utc_whatever_the_offset_they_were_written_with(pg_app, t
         db.session.add_all(Post(body=f"post {n}", timestamp=when, user_id=user.id)
                            for n, when in enumerate(written))
         db.session.commit()
-        count = write_posts_export(user.id, tmp_path / "tz.json", lambda done, total: None)
+        count = write_posts_export(user.id, "tz.json", lambda done, total: None, LocalStorage(tmp_path))
     assert count == 3
     assert [p["timestamp"] for p in json.loads((tmp_path / "tz.json").read_text())["posts"]] == [
         "2026-01-15T23:30:05Z", "2026-03-08T12:15:00Z", "2026-06-30T23:00:00Z"]
@@ -94,7 +95,7 @@ def test_the_export_streams_through_one_server_side_cursor_in_batches(pg_app, tm
             cursors = db.session.execute(sa.text("SELECT name, statement FROM pg_cursors")).all()
             seen.append((done, [tuple(row) for row in cursors]))
 
-        assert write_posts_export(user.id, tmp_path / "posts.json", progress) == 5000
+        assert write_posts_export(user.id, "posts.json", progress, LocalStorage(tmp_path)) == 5000
         assert db.session.execute(sa.text("SELECT name FROM pg_cursors")).all() == []  # closed when done
         db.session.rollback()
 

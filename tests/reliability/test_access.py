@@ -29,7 +29,7 @@ from werkzeug.routing import Rule
 from werkzeug.routing.converters import IntegerConverter, PathConverter, UUIDConverter
 from werkzeug.urls import iri_to_uri
 
-from app.exports import EXPORT_TASK_NAME, export_file_name, exports_dir, write_posts_export
+from app.exports import EXPORT_TASK_NAME, export_file_name, write_posts_export
 from app.extensions import db
 from app.models import AuditEvent, Post, Task, TaskState, User, utcnow
 from tests.conftest import TEST_SECRET_KEY, AuthActions, csrf_token_in
@@ -129,9 +129,9 @@ def task_ids(app, username: str) -> list[str]:
 
 
 def finished_export(user_id: int) -> str:
-    """A finished export whose file is on disk (inside an app context)."""
+    """A finished export whose file is written (inside an app context)."""
     task_id = str(uuid.uuid4())
-    write_posts_export(user_id, exports_dir() / export_file_name(task_id), lambda done, total: None)
+    write_posts_export(user_id, export_file_name(task_id), lambda done, total: None)
     db.session.add(Task(id=task_id, name=EXPORT_TASK_NAME, description="Exporting posts...",
                         user_id=user_id, state=TaskState.SUCCESS, progress=100, finished=utcnow(),
                         result_location=export_file_name(task_id)))
