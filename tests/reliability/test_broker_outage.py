@@ -308,11 +308,13 @@ def test_a_worker_survives_a_long_freeze_and_reconnects(stack):
     """Frozen long enough for a polling worker to drop its silent connection: it keeps
     running, reconnects once Redis answers again, and exports go through again.
 
-    A worker of its own: the module's worker holds welcome emails until their eta, its
-    prefetch is full and it is not polling, so it has no reply to miss."""
+    A worker of its own, on a queue of its own: the module's worker holds welcome emails
+    until their eta, its prefetch is full and it is not polling, so it has no reply to
+    miss; a worker that took one of those emails would not be polling either."""
     app = stack.app
     process_env = {**os.environ, **stack.environ, "FLASK_SKIP_DOTENV": "1", "PYTHONUNBUFFERED": "1"}
-    polling = WorkerProcess(process_env, stack.directory / "polling-worker.log", concurrency=1)
+    polling = WorkerProcess(process_env, stack.directory / "polling-worker.log", concurrency=1,
+                            queues=["freeze-test"])
     polling.start(celery)
     try:
         pid = polling.process.pid
@@ -320,7 +322,7 @@ def test_a_worker_survives_a_long_freeze_and_reconnects(stack):
         dee = _logged_in(app, "dee")
         os.kill(stack.redis.pid, signal.SIGSTOP)
         try:
-            wait_until(lambda: "got no reply" in polling.log(), 30,
+            wait_until(lambda: "got no reply" in polling.log(), 60,
                        message="the polling worker to drop its silent broker connection")
         finally:
             os.kill(stack.redis.pid, signal.SIGCONT)
