@@ -301,3 +301,30 @@ def test_an_s3_storage_url_reaches_the_store_through_boto3s_own_variables(make_a
             json.dump({"posts": []}, out)
     body = s3_server.client().get_object(Bucket=bucket, Key="some/prefix/posts-13.json")["Body"].read()
     assert json.loads(body) == {"posts": []}
+
+
+def test_an_unreachable_store_is_503_with_a_reason_for_downloads_and_status(make_app, monkeypatch):
+    """The store is down: the download and the progress poll say so, never a 500."""
+    import sqlalchemy as sa
+
+    from app.extensions import db
+    from app.models import Task, TaskState, User
+    from tests.conftest import AuthActions
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                        ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(name, value)
+    app = make_app(EXPORTS_STORAGE_URL="s3://unreachable-bucket/exports")
+    auth = AuthActions(app.test_client())
+    auth.signup("sam")
+    with app.app_context():
+        user = db.session.scalar(sa.select(User).where(User.username == "sam"))
+        db.session.add(Task(id="t-down", name="export_posts", description="Exporting posts...", user_id=user.id,
+                            state=TaskState.SUCCESS, progress=100, finished=utcnow(),
+                            result_location="posts-t-down.json"))
+        db.session.commit()
+    download = auth.get("/exports/t-down")
+    assert download.status_code == 503 and "cannot be reached just now" in download.get_data(as_text=True)
+    status = auth.get("/tasks/t-down", headers={"Accept": "application/json"})
+    assert status.status_code == 503 and "cannot be reached just now" in status.get_json()["message"]

@@ -7,13 +7,13 @@ from flask_login import current_user, login_required
 from app import audit, i18n
 from app.exports import EXPORT_TASK_NAME, export_exists, export_name
 from app.extensions import db
-from app.errors.handlers import wants_json
+from app.errors.handlers import error_response, status_title, wants_json
 from app.i18n import N_
 from app.main import bp
 from app.main.forms import EmptyForm, LanguageForm, PostForm
 from app.jobs import TaskAlreadyRunning, TaskNotStarted, launch_task
 from app.models import AuditEvent, Post, Task, User
-from app.storage import export_storage
+from app.storage import StorageError, export_storage
 from app.tasks import export_posts as export_posts_task
 from app.tasks import ping
 from app.urls import safe_next
@@ -69,6 +69,15 @@ def _already_running(exc: TaskAlreadyRunning):
 def _not_started(exc: TaskNotStarted):
     return _refused(_("The background service is unavailable; the task was not started. "
                       "Please try again in a moment."), "danger", 503)
+
+
+@bp.errorhandler(StorageError)
+def _storage_unavailable(exc: StorageError):
+    # The object store is down or refuses us: like a broker outage, a moment's wait may
+    # help, and the reason (bucket, endpoint) is for the log, not the page.
+    current_app.logger.error("Export storage unavailable on %s %s: %s", request.method, request.path, exc)
+    return error_response(503, status_title(503), _("Your exports cannot be reached just now. Please try "
+                                                    "again in a moment."))
 
 
 @bp.errorhandler(ContextCaptureError)
