@@ -132,28 +132,28 @@ class ProgressReporter:
                 self._renew_lease()
             return
         self.percent, self.reported_at = percent, now
-        self.record(percent)
+        self.record(percent, done, total)
 
     def _renew_lease(self) -> None:
         with db.engine.begin() as connection:
             renew_lease(connection, self.task_id, *self.lease)
         self.renewed_at = time.monotonic()
 
-    def record(self, percent: int) -> None:
+    def record(self, percent: int, done: int = 0, total: int | None = None) -> None:
         self.reports += 1
         # A connection of its own: the export's read transaction stays open meanwhile.
         with db.engine.begin() as connection:
             connection.execute(
                 sa.update(Task)
                 .where(Task.id == self.task_id, Task.finished.is_(None))
-                .values(progress=percent, state=TaskState.PROGRESS)
+                .values(progress=percent, state=TaskState.PROGRESS, done=done, total=total)
             )
             if self.lease is not None:
                 renew_lease(connection, self.task_id, *self.lease)
                 self.renewed_at = time.monotonic()
         if self.celery_task is not None and self.task_id:
             self.celery_task.update_state(task_id=self.task_id, state=TaskState.PROGRESS,
-                                          meta={"progress": percent})
+                                          meta={"progress": percent, "done": done, "total": total})
 
 
 @dataclass
@@ -367,6 +367,8 @@ def _export_and_notify(task_id: str, user, celery_task, lease: tuple[str, float]
             raise ExportWriteError(f"could not write {storage.location(name)}: {exc}") from exc
         task = db.session.get(Task, task_id)
         task.result_location = name
+        task.done = task.total = count
+        task.result_bytes = storage.size(name)
         db.session.commit()
     delivery = _export_delivery(task, user)
     if delivery.status == DeliveryStatus.SENDING:

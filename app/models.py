@@ -147,6 +147,12 @@ class Task(db.Model):
     user_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("user.id", ondelete="CASCADE"), index=True)
     state: so.Mapped[str] = so.mapped_column(sa.String(16), default=TaskState.PENDING)
     progress: so.Mapped[int] = so.mapped_column(sa.Integer, default=0)
+    #: Items handled so far and in all (an export's posts), as the last report said;
+    #: total is None until the first report.
+    done: so.Mapped[int] = so.mapped_column(sa.Integer, default=0, server_default="0")
+    total: so.Mapped[int | None] = so.mapped_column(sa.Integer)
+    #: The size of the finished file, in bytes.
+    result_bytes: so.Mapped[int | None] = so.mapped_column(sa.BigInteger)
     error: so.Mapped[str | None] = so.mapped_column(sa.Text)
     created: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
     finished: so.Mapped[datetime | None] = so.mapped_column(UTCDateTime)

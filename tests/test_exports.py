@@ -193,9 +193,9 @@ class RecordingReporter(ProgressReporter):
         super().__init__(*args, **kwargs)
         self.recorded: list[int] = []
 
-    def record(self, percent: int) -> None:
+    def record(self, percent: int, *counts) -> None:
         self.recorded.append(percent)
-        super().record(percent)
+        super().record(percent, *counts)
 
 
 @pytest.fixture
