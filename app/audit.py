@@ -20,6 +20,10 @@ from app.models import AuditEvent
 ACTION_NAMES = {
     "export_posts_requested": N_("export posts requested"),
     "export_posts": N_("export posts"),
+    "signed_in": N_("signed in"),
+    "signed_out": N_("signed out"),
+    "password_changed": N_("password changed"),
+    "password_reset": N_("password reset by email"),
 }
 
 

@@ -5,7 +5,7 @@ from flask_babel import ngettext
 from flask_login import current_user, login_required, login_user, logout_user
 from sqlalchemy.exc import IntegrityError
 
-from app import accounts, i18n, password_reset
+from app import accounts, audit, i18n, password_reset
 from app.auth import bp
 from app.auth.forms import (ChangePasswordForm, LoginForm, LogoutForm, RegistrationForm, ResetPasswordForm,
                             ResetPasswordRequestForm)
@@ -40,6 +40,7 @@ def login():
             flash(_("Invalid username or password."), "danger")
             return _form_page("auth/login.html", _("Sign in"), form, 401)
         _sign_in(user, remember=form.remember_me.data)
+        audit.record("signed_in", user_id=user.id)
         return redirect(safe_next(request.args.get("next"), url_for("main.index")))
     return _form_page("auth/login.html", _("Sign in"), form)
 
@@ -52,6 +53,7 @@ def logout():
         return render_template("auth/logout.html", title=_("Log out"), form=form)
     if current_user.is_authenticated:
         accounts.end_all_sessions(current_user)  # on every device, remember-me cookies too
+        audit.record("signed_out", user_id=current_user.id)
     logout_user()
     flash(_("You have been logged out."), "info")
     return redirect(url_for("auth.login"))
@@ -90,6 +92,7 @@ def change_password():
         remembered = current_app.config.get("REMEMBER_COOKIE_NAME", "remember_token") in request.cookies
         logout_user()  # this browser's old session and remember-me cookie go too...
         _sign_in(user, remember=remembered)  # ...and it is signed in again with the new token
+        audit.record("password_changed", user_id=user.id)
         flash(_("Your password has been changed, and you have been signed out everywhere else."), "success")
         return redirect(url_for("main.user", username=user.username))
     return _form_page("auth/change_password.html", _("Change password"), form)
@@ -124,6 +127,7 @@ def reset_password(token: str):
     form = ResetPasswordForm(user)
     if form.validate_on_submit():
         password_reset.reset_password(user, form.password.data)
+        audit.record("password_reset", user_id=user.id)
         flash(_("Your password has been reset. Please sign in with it."), "success")
         return redirect(url_for("auth.login"))
     return _form_page("auth/reset_password.html", _("Choose a new password"), form)

@@ -1,0 +1,64 @@
+"""The Activity page records what happens to an account: sign-ins, sign-outs, password
+changes and resets, beside the exports."""
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from app import password_reset
+from app.extensions import db
+from app.models import AuditEvent, User
+from tests.conftest import AuthActions
+
+NEW_PASSWORD = "a brand new passphrase"
+
+
+def actions(app, username: str) -> list[str]:
+    with app.app_context():
+        user = db.session.scalar(sa.select(User).where(User.username == username))
+        return list(db.session.scalars(sa.select(AuditEvent.action).where(AuditEvent.user_id == user.id)
+                                       .order_by(AuditEvent.id)))
+
+
+def test_sign_in_and_sign_out_are_recorded_with_where_from(app, auth):
+    auth.signup("ada")
+    auth.logout()
+    assert actions(app, "ada") == ["signed_in", "signed_out"]
+    with app.app_context():
+        event = db.session.scalar(sa.select(AuditEvent).where(AuditEvent.action == "signed_in"))
+        assert (event.method, event.path, event.host) == ("POST", "/auth/login", "localhost")
+
+
+def test_a_failed_sign_in_records_nothing_for_the_account(app, auth):
+    auth.register("ada")
+    assert auth.login("ada", "not the password").status_code == 401
+    assert actions(app, "ada") == []
+
+
+def test_a_password_change_is_recorded(app, auth):
+    auth.signup("ada")
+    response = auth.post_form("/auth/change_password", {"current_password": "correct horse",
+                                                         "password": NEW_PASSWORD, "password2": NEW_PASSWORD},
+                              page="/auth/change_password")
+    assert response.status_code == 302
+    assert actions(app, "ada") == ["signed_in", "password_changed"]
+
+
+def test_a_password_reset_is_recorded_for_the_account(app, auth):
+    auth.register("ada")
+    with app.app_context():
+        token = password_reset.make_token(db.session.scalar(sa.select(User).where(User.username == "ada")))
+    page = f"/auth/reset_password/{token}"
+    response = auth.post_form(page, {"password": NEW_PASSWORD, "password2": NEW_PASSWORD}, page=page)
+    assert response.status_code == 302
+    assert actions(app, "ada") == ["password_reset"]
+
+
+def test_the_activity_page_names_each_event_and_shows_only_the_users_own(app, auth):
+    auth.signup("ada")
+    auth.logout()
+    other = AuthActions(app.test_client())
+    other.signup("bob")
+    auth.login("ada")
+    page = auth.get("/activity").get_data(as_text=True)
+    assert page.count("signed in") == 2 and page.count("signed out") == 1
+    assert "bob" not in page
