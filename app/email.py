@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import css_inline
 from flask import current_app
 from flask_mail import Message
 
@@ -17,9 +18,23 @@ class Attachment:
     data: bytes
 
 
+#: Media queries cannot be inlined: ``keep_at_rules`` leaves them (alone) in a ``<style>``
+#: block, for the clients that read one. Tables get ``width`` attributes from their CSS,
+#: which is all some clients (Outlook on Windows) look at.
+_INLINER = css_inline.CSSInliner(keep_at_rules=True, apply_width_attributes=True,
+                                 load_remote_stylesheets=False)
+
+
+def inline_css(html: str) -> str:
+    """``html`` with its ``<style>`` rules moved into ``style`` attributes, as email clients
+    that drop ``<style>`` blocks (Gmail in some apps, Outlook) need."""
+    return _INLINER.inline(html)
+
+
 def build_message(subject: str, recipients: Sequence[str], text_body: str, html_body: str,
                   attachments: Sequence[Attachment] | None = None) -> Message:
-    message = Message(subject, recipients=list(recipients), body=text_body, html=html_body,
+    """A message with both parts; the HTML part's styles inlined (:func:`inline_css`)."""
+    message = Message(subject, recipients=list(recipients), body=text_body, html=inline_css(html_body),
                       sender=current_app.config["MAIL_DEFAULT_SENDER"])
     for attachment in attachments or ():
         message.attach(attachment.filename, attachment.content_type, attachment.data)
