@@ -449,7 +449,7 @@ def test_a_view_that_records_an_audit_event_writes_it(app, auth):
     assert response.status_code == 302
 
     with app.app_context():
-        (event,) = db.session.scalars(sa.select(AuditEvent)).all()
+        (event,) = db.session.scalars(sa.select(AuditEvent).where(AuditEvent.action != "signed_in")).all()
     assert event.action == "export_posts_requested" and event.user_id == ann
     assert (event.host, event.remote_addr, event.path, event.method) == (
         "localhost", "198.51.100.4", "/export_posts", "POST")

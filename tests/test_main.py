@@ -255,3 +255,10 @@ def test_another_users_task_is_404(auth, ann_task):
 def test_an_unknown_task_is_404(auth):
     auth.login("ann")
     assert auth.client.get("/tasks/no-such-task").status_code == 404
+
+
+def test_the_favicon_is_served_where_browsers_look(client):
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.data[:4] == b"\x00\x00\x01\x00"  # an ICO file
+    svg = client.get("/static/favicon.svg")
+    assert svg.status_code == 200 and svg.mimetype == "image/svg+xml"

@@ -1,3 +1,5 @@
+from datetime import timedelta
+
 import sqlalchemy as sa
 from flask import abort, current_app, flash, jsonify, redirect, render_template, request, url_for
 from flask_babel import gettext as _
@@ -12,7 +14,7 @@ from app.i18n import N_
 from app.main import bp
 from app.main.forms import EmptyForm, LanguageForm, PostForm
 from app.jobs import TaskAlreadyRunning, TaskNotStarted, launch_task
-from app.models import AuditEvent, Post, Task, User
+from app.models import AuditEvent, Post, Task, User, utcnow
 from app.storage import StorageError, export_storage
 from app.tasks import export_posts as export_posts_task
 from app.tasks import ping
@@ -195,3 +197,42 @@ def set_language():
     flash(_("Language changed."), "info")
     fallback = url_for("main.index") if current_user.is_authenticated else url_for("auth.login")
     return redirect(safe_next(form.next.data or request.args.get("next"), fallback))
+
+
+@bp.route("/exports")
+@login_required
+def exports():
+    """The user's own exports, newest first: how each went, and its file while it is kept."""
+    tasks = db.paginate(
+        sa.select(Task).where(Task.user_id == current_user.id, Task.name == EXPORT_TASK_NAME)
+        .order_by(Task.created.desc(), Task.id.desc()),
+        page=_page(25), per_page=25, error_out=False,
+    )
+    downloadable, expired = _export_files(tasks.items)
+    return render_template("exports.html", title=_("Your exports"), tasks=tasks, downloadable=downloadable,
+                           expired=expired, retention_days=current_app.config["EXPORT_RETENTION_DAYS"])
+
+
+def _export_files(tasks: list[Task]) -> tuple[set[str], set[str]]:
+    """The ids of the exports whose file can be downloaded, and of those whose file is gone.
+
+    The store is asked once per export, and only about files the cleanup may still have
+    kept (finished within ``EXPORT_RETENTION_DAYS``, or not finished): an older one is
+    expired without a question, so a page of old exports costs no requests to S3.
+    """
+    kept_since = utcnow() - timedelta(days=current_app.config["EXPORT_RETENTION_DAYS"])
+    downloadable, expired = set(), set()
+    for task in tasks:
+        if task.result_location is None:
+            continue
+        if (task.finished is None or task.finished >= kept_since) and export_exists(task):
+            downloadable.add(task.id)
+        else:
+            expired.add(task.id)
+    return downloadable, expired
+
+
+@bp.route("/favicon.ico")
+def favicon():
+    """Browsers ask for /favicon.ico on every site whatever the page links to."""
+    return current_app.send_static_file("favicon.ico")

@@ -39,7 +39,8 @@ STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 #: Pages anyone may open, and the language switcher (visitors choose before they register).
 #: Everything else must send a visitor to the login page.
 PUBLIC_ENDPOINTS = frozenset({"static", "auth.login", "auth.register", "auth.logout", "health.healthz",
-                              "auth.reset_password_request", "auth.reset_password", "main.set_language"})
+                              "auth.reset_password_request", "auth.reset_password", "main.set_language",
+                              "main.favicon"})
 #: What Flask-WTF's CSRFError looks like once our error handler has rendered it.
 CSRF_REFUSAL = "The form could not be accepted"
 #: Requests that would succeed with the right token, so a refusal is the token's doing.
@@ -207,11 +208,11 @@ def test_no_page_shows_another_users_progress_alert(app, ann_and_bob):
     samples = {"username": ["ann", "bob"], "task_id": [*ann_ids, *bob_ids], "filename": ["tasks.js"],
                "token": [reset_token(app, "ann")]}
     pages = [url for rule, _ in rules(app, frozenset({"GET"})) for url in build(rule, samples)]
-    assert {"/", "/index", "/user/ann", "/activity", f"/tasks/{ann_ids[0]}"} <= set(pages)
+    assert {"/", "/index", "/user/ann", "/activity", "/exports", f"/tasks/{ann_ids[0]}"} <= set(pages)
     shown_to_bob = 0
     for url in pages:
         response = bob.get(url, follow_redirects=True)
-        body = response.get_data(as_text=True)
+        body = response.get_data().decode("utf-8", "replace")  # the favicon is binary
         for task_id in ann_ids:
             assert f'data-task-id="{task_id}"' not in body, url
             assert task_id not in body, url
@@ -328,7 +329,7 @@ def test_every_private_page_redirects_a_visitor_to_login_with_next(app):
                "token": [reset_token(app, "ann")]}
     pages = _login_required_pages(app, samples)
     assert {"/", "/index", "/user/ann", "/user/nobody-by-that-name", f"/tasks/{finished}",
-            f"/exports/{finished}", "/activity"} <= set(pages)
+            f"/exports/{finished}", "/activity", "/exports"} <= set(pages)
     client = app.test_client()
     for page in pages:
         for target in (page, f"{page}?page=2&q=caf%C3%A9"):
