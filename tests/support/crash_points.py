@@ -39,8 +39,8 @@ def _install() -> None:
                                       exports.send_export_email, outbox.finish)
 
     @wraps(record)
-    def crashing_record(self, percent):
-        record(self, percent)
+    def crashing_record(self, percent, *counts):
+        record(self, percent, *counts)
         if 0 < percent < 100:
             _crash_if("writing")
 
