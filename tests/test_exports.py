@@ -778,11 +778,20 @@ def test_without_running_tasks_no_progress_is_shown(app, ann_and_bob):
 def test_task_status_has_exactly_the_documented_keys(app, ann_and_bob):
     ann, _ = ann_and_bob
     with app.app_context():
-        task_id = add_task(ann, state=TaskState.PROGRESS, progress=12)
+        task_id = add_task(ann, state=TaskState.PROGRESS, progress=12, done=36_000, total=300_000)
     status = logged_in(app, "ann").get(f"/tasks/{task_id}").get_json()
-    assert set(status) == {"id", "name", "description", "state", "progress", "error", "download_url"}
-    assert (status["id"], status["state"], status["progress"], status["download_url"]) == (
-        task_id, "PROGRESS", 12, None)
+    assert set(status) == {"id", "name", "description", "state", "progress", "done", "total", "error",
+                           "download_url"}
+    assert (status["id"], status["state"], status["progress"], status["done"], status["total"],
+            status["download_url"]) == (task_id, "PROGRESS", 12, 36_000, 300_000, None)
+
+
+def test_task_status_counts_nothing_before_the_first_report(app, ann_and_bob):
+    ann, _ = ann_and_bob
+    with app.app_context():
+        task_id = add_task(ann)
+    status = logged_in(app, "ann").get(f"/tasks/{task_id}").get_json()
+    assert (status["state"], status["done"], status["total"]) == ("PENDING", 0, None)
 
 
 def test_task_status_offers_a_download_only_once_the_file_exists(app, ann_and_bob):

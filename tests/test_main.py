@@ -240,7 +240,7 @@ def test_task_status_is_json_for_its_owner(auth, ann_task):
     assert response.status_code == 200
     assert response.get_json() == {
         "id": ann_task, "name": "export_posts", "description": "Export posts",
-        "state": "PROGRESS", "progress": 40, "error": None, "download_url": None,
+        "state": "PROGRESS", "progress": 40, "done": 0, "total": None, "error": None, "download_url": None,
     }
 
 

@@ -110,8 +110,7 @@ def _back() -> str:
 def send_ping():
     """Send a trivial task to the worker: shows the broker and worker are alive."""
     task = launch_task(current_user, ping, N_("Ping the worker"))
-    flash(_("Ping sent to the worker (task %(id)s).", id=task.id), "info")
-    return redirect(_back())
+    return _started(task, _("Ping sent to the worker."))
 
 
 @bp.route("/export_posts", methods=["POST"])
@@ -119,9 +118,19 @@ def send_ping():
 def export_posts():
     # TRANSLATORS: a running task's description; with its trailing dots taken off it also
     # names the task in "%(task)s: done." and "%(task)s failed: %(error)s".
-    launch_task(current_user, export_posts_task, N_("Exporting posts..."), current_user.id)
+    task = launch_task(current_user, export_posts_task, N_("Exporting posts..."), current_user.id)
     audit.record("export_posts_requested")
-    flash(_("Your export has started. You can keep browsing; we will email you when it is ready."), "info")
+    return _started(task, _("Your export has started. You can keep browsing; we will email you when it is "
+                            "ready."))
+
+
+def _started(task: Task, message: str):
+    """Browsers go back to the page of the button, where the flash ``message`` sits above
+    the task's live alert; JSON clients get 202 and the task, to poll at its ``status_url``."""
+    status_url = url_for("main.task_status", task_id=task.id)
+    if wants_json():
+        return jsonify(task={"id": task.id, "status_url": status_url}), 202, {"Location": status_url}
+    flash(message, "info")
     return redirect(_back())
 
 
@@ -136,7 +145,8 @@ def _own_task_or_404(task_id: str) -> Task:
 @login_required
 def task_status(task_id: str):
     """A task's state as JSON, its words in the user's language; other users' tasks do
-    not exist for you (404)."""
+    not exist for you (404). ``done`` and ``total`` count what the task works through (an
+    export's posts) as its last report said; ``total`` is null until the first report."""
     task = _own_task_or_404(task_id)
     download_url = url_for("main.download_export", task_id=task.id) if export_exists(task) else None
     return jsonify(
@@ -145,6 +155,8 @@ def task_status(task_id: str):
         description=i18n.translate(task.description),
         state=task.state,
         progress=task.progress,
+        done=task.done,
+        total=task.total,
         error=i18n.translate(task.error),
         download_url=download_url,
     )
