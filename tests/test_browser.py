@@ -83,6 +83,7 @@ def test_export_progress_bar_moves_to_done_without_a_reload(browser, site, live_
 
     link = alert.locator("a.download-link")
     expect(link).to_be_visible(timeout=90_000)
+    expect(alert.locator("a.exports-link")).to_have_attribute("href", re.compile(r"/exports#task-[0-9a-f-]+$"))
     expect(alert).to_have_class(re.compile(r"\balert-success\b"))
     assert page.evaluate("window.__sameDocument") is True, "the page reloaded"
     widths = [int(w.rstrip("%")) for w in page.evaluate("window.__widths") if w]

@@ -159,3 +159,10 @@ def test_json_clients_get_the_task_they_started(app, ann, path, page):
 def test_the_alert_script_is_served(client):
     response = client.get("/static/alerts.js")
     assert response.status_code == 200 and "close" in response.get_data(as_text=True)
+
+
+def test_an_export_alert_links_to_the_list_of_past_exports(app, ann):
+    with app.app_context():
+        task_id = add_task(ann, state=TaskState.PROGRESS, progress=3, done=12_345, total=400_000)
+    alert = alert_of(logged_in(app, "ann").get("/").get_data(as_text=True), task_id)
+    assert f'data-exports-url="/exports#task-{task_id}"' in alert and 'data-text-exports="All your exports"' in alert

@@ -85,6 +85,15 @@
     message.textContent = sentence(template, values) + " ";
     // A failed export may still have its file (only the email failed): offer it.
     if (task.download_url) { message.appendChild(downloadLink(alert, task.download_url)); }
+    // The list of past exports keeps this one once the alert is gone.
+    if (alert.dataset.exportsUrl) {
+      var all = document.createElement("a");
+      all.href = alert.dataset.exportsUrl;
+      all.className = "exports-link";
+      text(all, alert.dataset.textExports);
+      message.appendChild(document.createTextNode(" "));
+      message.appendChild(all);
+    }
     ["progress", "task-details"].forEach(function (name) {
       var part = alert.querySelector("." + name);
       if (part) { part.remove(); }
