@@ -141,10 +141,11 @@ def test_simultaneous_export_clicks_start_exactly_one_export_per_user(server):
 
     for name in names:
         mine = [replies[(name, n)] for n in range(CLICKS_PER_USER)]
-        assert sorted(r.status for r in mine) == [302] + [409] * (CLICKS_PER_USER - 1), \
+        assert sorted(r.status for r in mine) == [202] + [409] * (CLICKS_PER_USER - 1), \
             (name, [(r.status, r.body[:200]) for r in mine])
-        (started_reply,) = [r for r in mine if r.status == 302]
-        assert started_reply.headers["Location"].endswith(f"/user/{name}")
+        (started_reply,) = [r for r in mine if r.status == 202]  # a JSON client: the task started
+        task_id = started_reply.json()["task"]["id"]
+        assert started_reply.headers["Location"].endswith(f"/tasks/{task_id}")
         assert all("Already in progress" in r.json()["error"] for r in mine if r.status == 409)
 
     with server.app.app_context():
