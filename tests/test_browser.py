@@ -99,6 +99,15 @@ def test_export_progress_bar_moves_to_done_without_a_reload(browser, site, live_
     download.save_as(saved)
     assert download.suggested_filename == "eve-posts.json"
     assert len(json.loads(saved.read_text())["posts"]) == 400_000
+
+    # The alert's link leads to the list of past exports, where this one keeps its file.
+    task_id = alert.get_attribute("data-task-id")
+    alert.locator("a.exports-link").click()
+    expect(page).to_have_url(re.compile(rf"/exports#task-{task_id}$"))
+    row = page.locator(f"#task-{task_id}")
+    expect(row).to_contain_text("Done")
+    expect(row).to_contain_text("400,000")
+    expect(row.locator(f'a[href="/exports/{task_id}"]')).to_be_visible()
     page.close()
 
 
