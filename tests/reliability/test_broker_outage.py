@@ -26,6 +26,7 @@ import sqlalchemy as sa
 
 from app import create_app
 from app.extensions import celery, db
+from app.tasks import ping
 from app.models import Post, Task, TaskState, User, utcnow
 from config import TestingConfig, redis_socket_url
 from devservers.redis_server import start_redis, stop_redis
@@ -318,6 +319,9 @@ def test_a_worker_survives_a_long_freeze_and_reconnects(stack):
     polling.start(celery)
     try:
         pid = polling.process.pid
+        # Its consumer loop is running (a task through its queue), so a BRPOP is in flight
+        # when Redis freezes.
+        assert ping.apply_async(queue="freeze-test").get(timeout=30) == "pong"
         dee_id = _add_user(app, "dee")
         dee = _logged_in(app, "dee")
         os.kill(stack.redis.pid, signal.SIGSTOP)
