@@ -156,6 +156,12 @@ class ProgressReporter:
                                           meta={"progress": percent, "done": done, "total": total})
 
 
+def export_kept_until(task: Task) -> datetime:
+    """When the cleanup may remove ``task``'s file: ``EXPORT_RETENTION_DAYS`` after it
+    finished (after now, for an export still being finished, as when its email is sent)."""
+    return (task.finished or utcnow()) + timedelta(days=current_app.config["EXPORT_RETENTION_DAYS"])
+
+
 @dataclass
 class CleanupReport:
     files_removed: int = 0
@@ -222,7 +228,7 @@ def send_export_email(user, task: Task, name: str, count: int) -> bool:
         attached=attach,
         download_url=url_for("main.download_export", task_id=task.id, _external=True),
         profile_url=url_for("main.user", username=user.username, _external=True),
-        retention_days=current_app.config["EXPORT_RETENTION_DAYS"],
+        kept_until=export_kept_until(task),
     )
     attachments = []
     if attach:

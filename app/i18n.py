@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import pytz
 from babel.units import format_unit
-from flask import Flask, Response, current_app, g, has_request_context, request, session
+from flask import Flask, Response, current_app, g, has_app_context, has_request_context, request, session
 from flask_babel import (format_date, format_datetime, format_number, force_locale, get_locale, gettext,
                          ngettext, refresh)
 from flask_login import current_user, user_loaded_from_cookie
@@ -36,6 +36,8 @@ TIMEZONE_COOKIE = "tz"
 #: Where a request's language and the account's time zone are kept.
 SESSION_LOCALE = "locale"
 SESSION_TIMEZONE = "timezone"
+#: The time zone of the user an email outside any request is written for (language_of).
+_READER_TIMEZONE = "reader_timezone"
 
 
 def N_(message: str) -> str:
@@ -118,9 +120,10 @@ def _remembered_browser_language(header: str, offered: tuple[str, ...]) -> str |
 
 def select_timezone() -> str | None:
     """The account's time zone (copied into the session at sign-in), else the
-    browser's; None (the default, UTC) otherwise."""
+    browser's; outside a request, the reader's of the email being written; None (the
+    default, UTC) otherwise."""
     if not has_request_context():
-        return None
+        return g.get(_READER_TIMEZONE) if has_app_context() else None
     zone = session.get(SESSION_TIMEZONE)
     return zone if valid_timezone(zone) else browser_timezone()
 
@@ -147,15 +150,26 @@ def choose_locale(code: str) -> None:
 
 @contextmanager
 def language_of(user: User) -> Iterator[None]:
-    """Render an email to ``user`` in the language in force when it was asked for: in
-    the worker's replayed request, the one carried from the view (the visitor's choice
-    before registering, the reset page's language). Sent without its request (an
-    outbox re-send whose context was refused), in the user's own language."""
-    if not has_request_context() and user.locale in languages():
-        with force_locale(user.locale):
-            yield
-    else:
+    """Render an email to ``user`` in the language and time zone in force when it was
+    asked for: in the worker's replayed request, the ones carried from the view (the
+    visitor's choice before registering, the reset page's language). Sent without its
+    request (an outbox re-send whose context was refused), in the user's own."""
+    if has_request_context():
         yield
+        return
+    zone = getattr(user, "timezone", None)
+    outer = g.get(_READER_TIMEZONE)
+    setattr(g, _READER_TIMEZONE, zone if valid_timezone(zone) else None)
+    refresh()
+    try:
+        if user.locale in languages():
+            with force_locale(user.locale):
+                yield
+        else:
+            yield
+    finally:
+        setattr(g, _READER_TIMEZONE, outer)
+        refresh()
 
 
 def format_filesize(size: int) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from html.parser import HTMLParser
 from uuid import uuid4
 
@@ -22,6 +23,9 @@ from app.models import DeliveryStatus, EmailDelivery, Task, TaskState, User
 from app.storage import export_storage
 
 SITE = "https://mail.example.org/"
+#: Late in the evening, UTC: already the next morning in Shanghai. Kept for 7 days (the
+#: tests' EXPORT_RETENTION_DAYS), the file goes on the 12th in London, the 13th in Shanghai.
+LATE = datetime(2026, 1, 5, 23, 30, tzinfo=timezone.utc)
 #: How Russian groups digits: a no-break space (CLDR has used both the plain and the narrow one).
 RU_GROUP = "[\u00a0\u202f]"
 
@@ -133,13 +137,13 @@ def send_reset(app, mail_sink, **request):
     return message
 
 
-def send_export(app, mail_sink, count: int, size: int = 200, **request):
+def send_export(app, mail_sink, count: int, size: int = 200, finished: datetime | None = None, **request):
     """The export email for ``count`` posts in a file of ``size`` bytes (its content is
-    not what the email is about)."""
+    not what the email is about), for an export that ``finished`` then (unset: now)."""
     with app.test_request_context("/export_posts", method="POST", base_url=SITE, **request):
         user = add_user("ann")
         task = Task(id=str(uuid4()), name=EXPORT_TASK_NAME, description="Exporting posts...",
-                    user_id=user.id, state=TaskState.SUCCESS)
+                    user_id=user.id, state=TaskState.SUCCESS, finished=finished)
         db.session.add(task)
         db.session.commit()
         name = f"{task.id}.json"
@@ -217,6 +221,22 @@ def test_the_export_email_has_a_download_button_and_grouped_numbers(app, mail_si
     sentence = "Your export of 3,000,003 posts is ready."
     assert sentence in text and sentence in html.text
     assert len(list(message.message.iter_attachments())) == 1
+
+
+def test_the_export_email_says_until_when_the_link_works_in_the_readers_date_format(app, mail_sink):
+    message, _ = send_export(app, mail_sink, count=5, finished=LATE)
+    text, html_source = parts(message)
+    sentence = "The link works until January 12, 2026, for you only (you may need to log in)."
+    assert sentence in text and sentence in read_html(html_source).text
+
+
+def test_the_date_is_the_day_in_the_time_zone_of_the_click(app, mail_sink):
+    """The browser's zone (its cookie) and language: 23:30 in London is the 13th in Shanghai."""
+    message, _ = send_export(app, mail_sink, count=5, finished=LATE, headers={
+        "Accept-Language": "zh", "Cookie": "tz=Asia/Shanghai"})
+    text, html_source = parts(message)
+    for body in (text, read_html(html_source).text):
+        assert "该链接有效期至 2026年1月13日" in body
 
 
 @pytest.fixture

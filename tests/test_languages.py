@@ -3,8 +3,11 @@ SMTP server: the language travels with the request (Flask-Celery-Request's carri
 locale), since the session that holds a visitor's choice never reaches the worker."""
 from __future__ import annotations
 
+import re
+from datetime import datetime, timezone
+
 import sqlalchemy as sa
-from flask_babel import force_locale, gettext, ngettext
+from flask_babel import force_locale, format_date, gettext, ngettext
 
 from app.extensions import db
 from app.i18n import language_of
@@ -91,3 +94,15 @@ def test_an_email_sent_without_its_request_is_in_the_accounts_language(live_app)
         with language_of(user):
             outside = gettext("Welcome to Microblog! Your account is ready.")
     assert outside == translated(live_app, "ru", "Welcome to Microblog! Your account is ready.")
+
+
+def test_an_email_sent_without_its_request_is_dated_in_the_accounts_time_zone(live_app):
+    """Its dates fall on the account's day, and the zone is the default's again after."""
+    late = datetime(2026, 1, 5, 23, 30, tzinfo=timezone.utc)  # already the 6th in Shanghai
+    with live_app.app_context():
+        user = User(username="olga", email="olga@example.com", locale="ru", timezone="Asia/Shanghai")
+        with language_of(user):
+            inside = format_date(late, "long")
+        after = format_date(late, "long")
+    assert re.fullmatch("6 января 2026[ \u00a0\u202f]г\\.", inside), inside  # CLDR's space varies
+    assert after == "January 5, 2026"

@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 from uuid import uuid4
 
 import pytest
-from babel.dates import format_datetime
+from babel.dates import format_date, format_datetime
 from pytz import timezone as zone
 
 from app.exports import EXPORT_TASK_NAME, export_file_name, write_posts_export
@@ -266,6 +266,20 @@ def test_times_are_in_the_readers_time_zone(app, ann):
         assert format_datetime(moment, "medium", tzinfo=zone("UTC"), locale="en") not in row
     assert "Jan 6, 2026" in row
     assert '<time datetime="2026-01-05T23:30:00+00:00">' in row  # the machine-readable moment stays UTC
+
+
+def test_a_download_link_says_until_which_day_in_the_readers_time_zone(app, ann):
+    """The file may go once it is EXPORT_RETENTION_DAYS old: finished late yesterday, UTC,
+    it is kept until a day that is one later in Shanghai."""
+    finished = (utcnow() - timedelta(days=1)).replace(hour=23, minute=30, second=0, microsecond=0)
+    kept_until = finished + retention(app)
+    with app.app_context():
+        task_id = add_exported(ann, finished=finished)
+    auth = logged_in(app, "ann")
+    for tz, day in (("UTC", kept_until.date()), ("Asia/Shanghai", kept_until.date() + timedelta(days=1))):
+        auth.client.set_cookie("tz", tz)
+        row = rows(auth.get("/exports").get_data(as_text=True))[task_id]
+        assert row.endswith(f"Download Kept until {format_date(day, 'medium', locale='en')}"), (tz, row)
 
 
 def test_a_russian_reader_sees_the_states_in_russian(app, ann):
