@@ -472,3 +472,32 @@ def test_the_flash_of_a_click_reads_above_its_task_and_both_can_be_dismissed(bro
     close.click()
     expect(page.locator(".task-alert")).to_have_count(0)
     context.close()
+
+
+def test_dismissing_a_message_by_keyboard_moves_the_focus_to_the_next_then_to_the_content(browser, site, live_app):
+    """Enter on a close button removes its message; the focus goes to the next message's
+    close button, and after the last one to the page's content, from where Tab goes on
+    (not back to the top of the page)."""
+    context = browser.new_context()
+    page = context.new_page()
+    register_and_log_in(page, site, "kim")
+    task_id = add_export(live_app, "kim", state=TaskState.PROGRESS, progress=50, done=1, total=2)
+    page.goto(f"{site}/index")
+    page.fill("textarea[name=post]", "hello")
+    page.click("input[type=submit]")
+    flash, alert = page.locator(".alert.flash"), page.locator(".task-alert")
+    expect(flash).to_contain_text("Your post is now live!")
+    set_task(live_app, task_id, state=TaskState.SUCCESS, progress=100, done=2, finished=utcnow())
+    expect(alert.locator("button.close")).to_be_visible()
+
+    flash.locator("button.close").focus()
+    page.keyboard.press("Enter")
+    expect(page.locator(".alert.flash")).to_have_count(0)
+    expect(alert.locator("button.close")).to_be_focused()
+
+    page.keyboard.press("Enter")
+    expect(page.locator(".task-alert")).to_have_count(0)
+    expect(page.locator("main")).to_be_focused()
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.querySelector('main').contains(document.activeElement)")
+    context.close()
