@@ -29,6 +29,24 @@ def test_register_page_has_the_form(client):
     csrf_token_in(html)
 
 
+def input_names(html: str) -> list[str]:
+    """The names of a page's visible inputs, in the order a reader meets them."""
+    tags = [dict(re.findall(r'(\w+)="([^"]*)"', tag)) for tag in re.findall(r"<input[^>]*>", html)]
+    return [tag["name"] for tag in tags if tag.get("type") not in ("hidden", "submit")]
+
+
+def test_the_register_form_asks_for_the_password_twice_after_the_name_and_address(client):
+    assert input_names(client.get("/auth/register").get_data(as_text=True)) == [
+        "username", "email", "password", "password2"]
+
+
+def test_the_change_password_form_asks_for_the_current_password_first(app, auth):
+    auth.register()
+    auth.login()
+    assert input_names(auth.get("/auth/change_password").get_data(as_text=True)) == [
+        "current_password", "password", "password2"]
+
+
 def test_register_creates_the_user_and_sends_them_to_login(app, auth):
     response = auth.register("susan", email="susan@example.com", password="correct horse")
     assert response.status_code == 302

@@ -17,14 +17,24 @@ USERNAME_RULE = Regexp(
 )
 
 
-class NewPasswordMixin:
-    """``password`` and ``password2``, checked against the account's own names."""
+def new_password_field(label: str = _l("New password")) -> PasswordField:
+    """A new password, checked by :class:`NewPasswordMixin`. A function, not a mixin's
+    field: WTForms orders fields by when they were made, and a form declares this one
+    where it belongs among its own."""
+    return PasswordField(label, validators=[DataRequired(), Length(max=256)])
 
-    password = PasswordField(_l("New password"), validators=[DataRequired(), Length(max=256)])
-    password2 = PasswordField(
+
+def repeat_password_field() -> PasswordField:
+    """The new password again, declared right after :func:`new_password_field`."""
+    return PasswordField(
         _l("Repeat password"),
         validators=[DataRequired(), EqualTo("password", message=_l("Passwords must match."))],
     )
+
+
+class NewPasswordMixin:
+    """Checks a form's ``password`` (see :func:`new_password_field`) against the
+    account's own names."""
 
     def account_names(self) -> tuple[str, str]:
         """The username and email address the password must not be built from."""
@@ -50,7 +60,8 @@ class RegistrationForm(NewPasswordMixin, FlaskForm):
         filters=[normalize_username],
     )
     email = StringField(_l("Email"), validators=[DataRequired(), Email(), Length(max=120)])
-    password = PasswordField(_l("Password"), validators=[DataRequired(), Length(max=256)])
+    password = new_password_field(_l("Password"))
+    password2 = repeat_password_field()
     submit = SubmitField(_l("Register"))
 
     def account_names(self) -> tuple[str, str]:
@@ -82,6 +93,8 @@ class AccountPasswordForm(NewPasswordMixin, FlaskForm):
 
 class ChangePasswordForm(AccountPasswordForm):
     current_password = PasswordField(_l("Current password"), validators=[DataRequired(), Length(max=256)])
+    password = new_password_field()
+    password2 = repeat_password_field()
     submit = SubmitField(_l("Change password"))
 
     def validate_current_password(self, current_password: PasswordField) -> None:
@@ -95,4 +108,6 @@ class ResetPasswordRequestForm(FlaskForm):
 
 
 class ResetPasswordForm(AccountPasswordForm):
+    password = new_password_field()
+    password2 = repeat_password_field()
     submit = SubmitField(_l("Set my new password"))
