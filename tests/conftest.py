@@ -257,3 +257,13 @@ def live_client(live_app):
 @pytest.fixture
 def live_auth(live_client):
     return AuthActions(live_client)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One chromium for every browser test of the process: Playwright's sync API runs one
+    driver at a time, so modules cannot each start their own."""
+    from tests.support.browser import chromium
+
+    with chromium() as browser:
+        yield browser

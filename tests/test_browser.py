@@ -3,25 +3,19 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import threading
 from contextlib import contextmanager
 from uuid import uuid4
 
 import pytest
 import sqlalchemy as sa
-from playwright.sync_api import expect, sync_playwright
-from werkzeug.serving import make_server
+from playwright.sync_api import expect
 
 from app.cli import seed_posts
 from app.extensions import db
 from app.models import Task, TaskState, User, utcnow
+from tests.support.browser import served
 from tests.support.services import wait_until
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# Flags for a closed network and a root user, as Debian's chromium needs here.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 # Records every width the progress bar takes, from the first paint of each page.
 RECORD_BAR_WIDTHS = """
 window.__widths = [];
@@ -35,24 +29,12 @@ new MutationObserver(function (mutations) {
 """
 
 
-@pytest.fixture(scope="session")
-def browser():
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
 @pytest.fixture
 def site(live_app):
     """The live app behind a real threaded HTTP server on 127.0.0.1."""
     live_app.config["TASK_POLL_INTERVAL_MS"] = 150
-    server = make_server("127.0.0.1", 0, live_app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(10)
+    with served(live_app) as base_url:
+        yield base_url
 
 
 def test_export_progress_bar_moves_to_done_without_a_reload(browser, site, live_app, tmp_path):
@@ -501,3 +483,4 @@ def test_dismissing_a_message_by_keyboard_moves_the_focus_to_the_next_then_to_th
     page.keyboard.press("Tab")
     assert page.evaluate("document.querySelector('main').contains(document.activeElement)")
     context.close()
+
