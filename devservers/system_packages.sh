@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# What `make test` needs beyond Python: a browser for the page tests, and the PostgreSQL
+# What `make test` needs beyond Python: a browser for the page tests (and a font with
+# Chinese glyphs for the README's screenshots of its pages), and the PostgreSQL
 # and RabbitMQ servers that tests/postgres and tests/rabbitmq start on 127.0.0.1.
 # As root on Debian it installs what is missing; anywhere else it names what to install
 # and stops. `make run` needs none of it.
@@ -7,6 +8,7 @@ set -euo pipefail
 
 missing=()
 command -v chromium >/dev/null || missing+=(chromium)
+if ! command -v fc-list >/dev/null || [ -z "$(fc-list :lang=zh)" ]; then missing+=(fonts-wqy-microhei); fi
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 command -v rabbitmq-server >/dev/null || missing+=(rabbitmq-server)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import re
 from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 from uuid import uuid4
 
 import pytest
@@ -11,9 +12,12 @@ import sqlalchemy as sa
 from playwright.sync_api import expect
 
 from app.cli import seed_posts
+from app.exports import EXPORT_TASK_NAME, export_file_name, send_export_email
 from app.extensions import db
 from app.models import Task, TaskState, User, utcnow
+from app.storage import export_storage
 from tests.support.browser import served
+from tests.support.screenshots import screenshot_path
 from tests.support.services import wait_until
 
 # Records every width the progress bar takes, from the first paint of each page.
@@ -484,3 +488,72 @@ def test_dismissing_a_message_by_keyboard_moves_the_focus_to_the_next_then_to_th
     assert page.evaluate("document.querySelector('main').contains(document.activeElement)")
     context.close()
 
+
+# --- the README's screenshots, retaken on every run (tests/support/screenshots.py) --------
+
+#: The moment the screenshots show: their dates are fixed, so the files change only when
+#: the pages do.
+SHOT_TIME = datetime(2026, 12, 2, 9, 0, tzinfo=timezone.utc)
+
+
+def test_the_readmes_screenshot_of_a_running_export(browser, site, live_app):
+    """A profile page while its export runs, between two of the worker's reports 20 s
+    apart (the page's clock is Playwright's): counts, bar, time left, the button waiting."""
+    context = browser.new_context(viewport={"width": 900, "height": 700}, locale="en-US", timezone_id="UTC")
+    page = context.new_page()
+    page.clock.install(time=SHOT_TIME)
+    register_and_log_in(page, site, "eve")
+    with live_app.app_context():
+        db.session.scalar(sa.select(User).where(User.username == "eve")).created = SHOT_TIME - timedelta(days=400)
+        db.session.commit()
+    task_id = add_export(live_app, "eve", state=TaskState.PROGRESS, progress=25, done=100_000, total=400_000)
+    page.clock.pause_at(SHOT_TIME + timedelta(minutes=1))
+    page.goto(f"{site}/user/eve")
+    alert = page.locator(".task-alert")
+    expect(alert.locator(".task-counts")).to_have_text("100,000 of 400,000 posts")
+
+    set_task(live_app, task_id, progress=30, done=120_000)
+    page.clock.fast_forward(20_000)  # the next poll, 20 s on: 1,000 posts a second
+    expect(alert.locator(".task-counts")).to_have_text("120,000 of 400,000 posts")
+    expect(alert.locator(".task-time-left")).to_have_text("About 5 minutes left.")
+    expect_export_button_waits(page)
+    expect(page.locator(".alert")).to_have_count(1)
+
+    bottom = page.locator("a[href='/auth/change_password']").bounding_box()
+    page.screenshot(path=str(screenshot_path("export-progress.png")), animations="disabled",
+                    clip={"x": 0, "y": 0, "width": 900, "height": bottom["y"] + bottom["height"] + 24})
+    context.close()
+
+
+def test_the_readmes_screenshot_of_the_export_email(browser, app, mail_sink):
+    """The HTML part of the export email as the app sends it (a 31 MB file: linked, not
+    attached), at a desktop width and at a phone's, where the card fills the screen."""
+    with app.test_request_context("/export_posts", method="POST", base_url="https://microblog.example.com/"):
+        user = User(username="eve", email="eve@example.com")
+        db.session.add(user)
+        db.session.commit()
+        task = Task(id="3f0c2a58-5d0e-4c43-9a57-0d6f1c2b7e21", name=EXPORT_TASK_NAME,
+                    description="Exporting posts...", user_id=user.id, state=TaskState.SUCCESS, finished=SHOT_TIME)
+        db.session.add(task)
+        db.session.commit()
+        name = export_file_name(task.id)
+        with export_storage().open_writer(name, "wb") as out:
+            out.truncate(31_234_567)  # sparse: its size is what the email tells
+        assert send_export_email(user, task, name, 400_000) is False
+    (message,) = mail_sink.wait_for(1)
+    html = message.message.get_body(("html",)).get_content()
+
+    page = browser.new_page(viewport={"width": 720, "height": 400})
+    page.set_content(html)
+    button = page.locator("a.button-link")
+    expect(button).to_have_text("Download your export")
+    expect(page.locator("body")).to_contain_text("Your export of 400,000 posts is ready.")
+    expect(page.locator("body")).to_contain_text("The file (31.2 MB) is too large to attach")
+    expect(page.locator("body")).to_contain_text("The link works until December 9, 2026")
+    page.screenshot(path=str(screenshot_path("export-email.png")), full_page=True)
+
+    page.set_viewport_size({"width": 375, "height": 400})
+    assert page.evaluate("document.scrollingElement.scrollWidth") <= 375  # nothing wider than a phone
+    card = page.locator("table.card").bounding_box()
+    assert card["width"] >= 375 - 2 * 16, card  # the card takes the screen, with a small margin at most
+    page.close()
