@@ -6,14 +6,18 @@ path, host and client address, and whether it ran in a worker.
 """
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
 from celery import current_task
 from flask import Flask, Response, current_app, g, request
-from flask_babel import gettext
+from flask_babel import format_number, gettext, ngettext
 from flask_login import current_user
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.extensions import db
-from app.i18n import N_
+from app.i18n import N_, format_filesize
 from app.models import AuditEvent
 
 #: What the activity page calls each action (msgids); the rows keep the action's code.
@@ -33,10 +37,40 @@ def action_name(action: str) -> str:
     return gettext(name) if name else action.replace("_", " ")
 
 
-def record(action: str, detail: str | None = None, user_id: int | None = None) -> None:
+def _export_detail(facts: Mapping[str, Any]) -> str:
+    posts = facts["posts"]
+    words = dict(posts=format_number(posts), size=format_filesize(facts["bytes"]))
+    if facts["attached"]:
+        return ngettext("%(posts)s post, %(size)s, attached to the email",
+                        "%(posts)s posts, %(size)s, attached to the email", posts, **words)
+    return ngettext("%(posts)s post, %(size)s, linked from the email",
+                    "%(posts)s posts, %(size)s, linked from the email", posts, **words)
+
+
+#: How the activity page words each action's facts, in the reader's language.
+DETAIL_WRITERS: dict[str, Callable[[Mapping[str, Any]], str]] = {"export_posts": _export_detail}
+
+
+def detail_text(action: str, detail: str | None) -> str:
+    """An event's detail as the activity page shows it: its facts in the reader's words
+    and number formats, or the text as stored (events written before facts were kept)."""
+    writer = DETAIL_WRITERS.get(action)
+    if writer is None or not detail:
+        return detail or ""
+    try:
+        facts = json.loads(detail)
+    except ValueError:
+        return detail
+    return writer(facts) if isinstance(facts, dict) else detail
+
+
+def record(action: str, detail: Mapping[str, Any] | str | None = None, user_id: int | None = None) -> None:
     """Have this request's after_request hook write an audit event, for the request's
     user or, when given, ``user_id`` (a task whose user has signed out since is still
-    theirs)."""
+    theirs). A mapping ``detail`` is kept as JSON facts, worded when shown (see
+    :data:`DETAIL_WRITERS`), so that each reader gets them in their own language."""
+    if isinstance(detail, Mapping):
+        detail = json.dumps(detail, sort_keys=True, separators=(",", ":"))
     g.setdefault("audit_events", []).append((action, detail, user_id))
 
 

@@ -389,8 +389,8 @@ def _export_and_notify(task_id: str, user, celery_task, lease: tuple[str, float]
         claimed = outbox.claim(delivery.id)
         if claimed is not None:
             attached = _send(claimed, user, task, name, count)
-            audit.record("export_posts", f"{count} posts, {storage.size(name)} bytes, "
-                                         f"{'attached' if attached else 'link only'}", user_id=user.id)
+            audit.record("export_posts", {"posts": count, "bytes": storage.size(name), "attached": attached},
+                         user_id=user.id)
     elif delivery.status == DeliveryStatus.FAILED:
         raise ExportEmailError(f"could not email {user.email}: {delivery.last_error}")
     finish_task(task_id)

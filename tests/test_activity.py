@@ -2,9 +2,13 @@
 changes and resets, beside the exports."""
 from __future__ import annotations
 
-import sqlalchemy as sa
+import json
+import re
 
-from app import password_reset
+import sqlalchemy as sa
+from flask import g
+
+from app import audit, password_reset
 from app.extensions import db
 from app.models import AuditEvent, User
 from tests.conftest import AuthActions
@@ -62,3 +66,43 @@ def test_the_activity_page_names_each_event_and_shows_only_the_users_own(app, au
     page = auth.get("/activity").get_data(as_text=True)
     assert page.count("signed in") == 2 and page.count("signed out") == 1
     assert "bob" not in page
+
+
+# --- an export's facts, worded for the reader ------------------------------------------------
+
+
+def add_export_event(app, username: str, detail: str) -> None:
+    with app.app_context():
+        user = db.session.scalar(sa.select(User).where(User.username == username))
+        db.session.add(AuditEvent(user_id=user.id, action="export_posts", detail=detail, method="POST",
+                                  path="/export_posts", host="localhost", via_worker=True))
+        db.session.commit()
+
+
+def detail_cells(page: str) -> list[str]:
+    return [cell.strip() for cell in re.findall(r"<td>([^<]*)</td>", page) if "," in cell]
+
+
+def test_an_exports_facts_are_kept_as_facts_and_worded_in_the_readers_language(app, auth):
+    """Stored as numbers, shown with the reader's plural, digit groups and size units."""
+    auth.signup("ada")
+    with app.test_request_context():
+        audit.record("export_posts", {"posts": 400_000, "bytes": 31_234_567, "attached": False})
+        audit.record("export_posts", {"posts": 1, "bytes": 512, "attached": True})
+        (linked, attached) = [detail for _, detail, _ in g.audit_events]
+    assert json.loads(linked) == {"posts": 400_000, "bytes": 31_234_567, "attached": False}
+    add_export_event(app, "ada", linked)
+    add_export_event(app, "ada", attached)
+
+    assert detail_cells(auth.get("/activity").get_data(as_text=True)) == [
+        "1 post, 512 Bytes, attached to the email", "400,000 posts, 31.2 MB, linked from the email"]
+    auth.post("/language", data={"locale": "ru", "csrf_token": auth.csrf_token("/activity")})
+    russian = detail_cells(auth.get("/activity").get_data(as_text=True))
+    assert re.fullmatch("1 запись, 512 байт, файл приложен к письму", russian[0]), russian
+    assert re.fullmatch("400[\u00a0\u202f]000 записей, 31,2 МБ, ссылка на файл в письме", russian[1]), russian
+
+
+def test_a_detail_stored_as_text_before_facts_were_kept_is_shown_as_it_is(app, auth):
+    auth.signup("ada")
+    add_export_event(app, "ada", "3 posts, 1234 bytes, attached")
+    assert detail_cells(auth.get("/activity").get_data(as_text=True)) == ["3 posts, 1234 bytes, attached"]

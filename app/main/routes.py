@@ -194,7 +194,7 @@ def activity():
         page=_page(50), per_page=50, error_out=False,
     )
     return render_template("activity.html", title=_("Account activity"), events=events,
-                           action_name=audit.action_name)
+                           action_name=audit.action_name, detail_text=audit.detail_text)
 
 
 @bp.route("/language", methods=["POST"])
