@@ -9,11 +9,12 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from fnmatch import fnmatch
 
 import sqlalchemy as sa
 from flask import current_app
+from flask_babel import get_timezone
 
 from app.extensions import db
 from app.i18n import N_
@@ -156,10 +157,12 @@ class ProgressReporter:
                                           meta={"progress": percent, "done": done, "total": total})
 
 
-def export_kept_until(task: Task) -> datetime:
-    """When the cleanup may remove ``task``'s file: ``EXPORT_RETENTION_DAYS`` after it
-    finished (after now, for an export still being finished, as when its email is sent)."""
-    return (task.finished or utcnow()) + timedelta(days=current_app.config["EXPORT_RETENTION_DAYS"])
+def export_kept_through(task: Task) -> date:
+    """The last whole day, in the reader's time zone, on which ``task``'s file is sure to
+    be kept: the cleanup may remove it from ``EXPORT_RETENTION_DAYS`` after it finished
+    (after now, for an export whose email is being written), during the day after."""
+    removable = (task.finished or utcnow()) + timedelta(days=current_app.config["EXPORT_RETENTION_DAYS"])
+    return removable.astimezone(get_timezone()).date() - timedelta(days=1)
 
 
 @dataclass
@@ -228,7 +231,7 @@ def send_export_email(user, task: Task, name: str, count: int) -> bool:
         attached=attach,
         download_url=url_for("main.download_export", task_id=task.id, _external=True),
         profile_url=url_for("main.user", username=user.username, _external=True),
-        kept_until=export_kept_until(task),
+        kept_through=export_kept_through(task),
     )
     attachments = []
     if attach:

@@ -153,7 +153,10 @@ def language_of(user: User) -> Iterator[None]:
     """Render an email to ``user`` in the language and time zone in force when it was
     asked for: in the worker's replayed request, the ones carried from the view (the
     visitor's choice before registering, the reset page's language). Sent without its
-    request (an outbox re-send whose context was refused), in the user's own."""
+    request (an outbox re-send whose context was refused), in the user's own.
+
+    Outside a request, leaving the block asks the selectors again (``refresh``, Flask-Babel's
+    only public way to drop the zone it cached), so a ``force_locale`` around it ends there."""
     if has_request_context():
         yield
         return

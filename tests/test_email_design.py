@@ -24,7 +24,8 @@ from app.storage import export_storage
 
 SITE = "https://mail.example.org/"
 #: Late in the evening, UTC: already the next morning in Shanghai. Kept for 7 days (the
-#: tests' EXPORT_RETENTION_DAYS), the file goes on the 12th in London, the 13th in Shanghai.
+#: tests' EXPORT_RETENTION_DAYS), the file may go from the 12th, 23:30 UTC: it is sure to be
+#: there through the 11th in London, through the 12th in Shanghai (07:30 on the 13th).
 LATE = datetime(2026, 1, 5, 23, 30, tzinfo=timezone.utc)
 #: How Russian groups digits: a no-break space (CLDR has used both the plain and the narrow one).
 RU_GROUP = "[\u00a0\u202f]"
@@ -223,20 +224,29 @@ def test_the_export_email_has_a_download_button_and_grouped_numbers(app, mail_si
     assert len(list(message.message.iter_attachments())) == 1
 
 
-def test_the_export_email_says_until_when_the_link_works_in_the_readers_date_format(app, mail_sink):
+def test_the_export_email_says_through_which_day_the_link_works_in_the_readers_date_format(app, mail_sink):
     message, _ = send_export(app, mail_sink, count=5, finished=LATE)
     text, html_source = parts(message)
-    sentence = "The link works until January 12, 2026, for you only (you may need to log in)."
+    sentence = "The link works until the end of January 11, 2026, for you only (you may need to log in)."
     assert sentence in text and sentence in read_html(html_source).text
 
 
-def test_the_date_is_the_day_in_the_time_zone_of_the_click(app, mail_sink):
-    """The browser's zone (its cookie) and language: 23:30 in London is the 13th in Shanghai."""
+def test_the_day_promised_is_the_last_whole_one_before_the_file_may_go(app, mail_sink):
+    """Finished early in the morning, the file may go early on the 12th: the 11th is the
+    last day it is sure to be there, not the 12th."""
+    message, _ = send_export(app, mail_sink, count=5, finished=datetime(2026, 1, 5, 0, 30, tzinfo=timezone.utc))
+    assert "The link works until the end of January 11, 2026," in parts(message)[0]
+
+
+def test_the_day_is_the_one_in_the_time_zone_of_the_click(app, mail_sink):
+    """The browser's zone (its cookie) and language: 23:30 in London is 07:30 the next day
+    in Shanghai. (Through a worker, the zone travels with the request's other settings:
+    tests/test_languages.py.)"""
     message, _ = send_export(app, mail_sink, count=5, finished=LATE, headers={
         "Accept-Language": "zh", "Cookie": "tz=Asia/Shanghai"})
     text, html_source = parts(message)
     for body in (text, read_html(html_source).text):
-        assert "该链接有效期至 2026年1月13日" in body
+        assert "该链接有效期至 2026年1月12日（含当天）" in body
 
 
 @pytest.fixture

@@ -4,14 +4,15 @@ locale), since the session that holds a visitor's choice never reaches the worke
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
+import pytz
 import sqlalchemy as sa
 from flask_babel import force_locale, format_date, gettext, ngettext
 
 from app.extensions import db
 from app.i18n import language_of
-from app.models import User
+from app.models import User, utcnow
 from tests.conftest import AuthActions, csrf_token_in
 
 SITE = "https://languages.example.org/"
@@ -84,6 +85,32 @@ def test_an_export_started_in_russian_is_mailed_in_russian(live_app, mail_sink):
     with live_app.test_request_context(), force_locale("ru"):
         ready = ngettext("Your export of %(num)s post is ready.", "Your export of %(num)s posts is ready.", 3)
     assert ready != "Your export of 3 posts is ready." and ready in body(message, "plain")
+
+
+def test_exports_started_a_day_apart_in_time_zones_are_each_mailed_with_their_own_day(live_app, mail_sink):
+    """Through the worker, the zone of the click writes the email's date: UTC+14 and
+    UTC-11 are 25 hours apart, so their days always differ; a zone lost on the way would
+    give both the same (UTC's) day."""
+    zones = {"kiri": "Pacific/Kiritimati", "pago": "Pacific/Pago_Pago"}
+    started = utcnow()
+    for username, zone in zones.items():
+        auth = AuthActions(live_app.test_client(), base_url=SITE)
+        auth.client.set_cookie("tz", zone, domain="languages.example.org")
+        auth.signup(username)
+        assert auth.post_form("/export_posts", page=f"/user/{username}").status_code == 302
+    messages = mail_sink.wait_for(2, subject="[Microblog] Your posts are ready")
+    sent = utcnow()
+
+    promised = {}
+    for username, zone in zones.items():
+        (message,) = [m for m in messages if m.recipients == [f"{username}@example.com"]]
+        text = body(message, "plain")
+        days = {(moment + timedelta(days=live_app.config["EXPORT_RETENTION_DAYS"])).astimezone(pytz.timezone(zone))
+                .date() - timedelta(days=1) for moment in (started, sent)}
+        with live_app.test_request_context():
+            worded = {day: format_date(day, "long") for day in days}
+        (promised[username],) = [day for day, words in worded.items() if f"until the end of {words}," in text]
+    assert promised["kiri"] != promised["pago"]
 
 
 def test_an_email_sent_without_its_request_is_in_the_accounts_language(live_app):

@@ -268,18 +268,19 @@ def test_times_are_in_the_readers_time_zone(app, ann):
     assert '<time datetime="2026-01-05T23:30:00+00:00">' in row  # the machine-readable moment stays UTC
 
 
-def test_a_download_link_says_until_which_day_in_the_readers_time_zone(app, ann):
+def test_a_download_link_says_through_which_day_in_the_readers_time_zone(app, ann):
     """The file may go once it is EXPORT_RETENTION_DAYS old: finished late yesterday, UTC,
-    it is kept until a day that is one later in Shanghai."""
+    it may go late on a day in London, the morning after in Shanghai; the day before that
+    is the last one it is sure to be kept."""
     finished = (utcnow() - timedelta(days=1)).replace(hour=23, minute=30, second=0, microsecond=0)
-    kept_until = finished + retention(app)
+    removable = finished + retention(app)
     with app.app_context():
         task_id = add_exported(ann, finished=finished)
     auth = logged_in(app, "ann")
-    for tz, day in (("UTC", kept_until.date()), ("Asia/Shanghai", kept_until.date() + timedelta(days=1))):
+    for tz, day in (("UTC", removable.date() - timedelta(days=1)), ("Asia/Shanghai", removable.date())):
         auth.client.set_cookie("tz", tz)
         row = rows(auth.get("/exports").get_data(as_text=True))[task_id]
-        assert row.endswith(f"Download Kept until {format_date(day, 'medium', locale='en')}"), (tz, row)
+        assert row.endswith(f"Download Kept until the end of {format_date(day, 'medium', locale='en')}"), (tz, row)
 
 
 def test_a_russian_reader_sees_the_states_in_russian(app, ann):

@@ -7,7 +7,7 @@ from flask_celery_request import ContextCaptureError
 from flask_login import current_user, login_required
 
 from app import audit, i18n
-from app.exports import EXPORT_TASK_NAME, export_exists, export_kept_until, export_name
+from app.exports import EXPORT_TASK_NAME, export_exists, export_kept_through, export_name
 from app.extensions import db
 from app.errors.handlers import error_response, status_title, wants_json
 from app.i18n import N_
@@ -222,7 +222,7 @@ def exports():
     )
     downloadable, expired = _export_files(tasks.items)
     return render_template("exports.html", title=_("Your exports"), tasks=tasks, downloadable=downloadable,
-                           expired=expired, kept_until=export_kept_until,
+                           expired=expired, kept_through=export_kept_through,
                            retention_days=current_app.config["EXPORT_RETENTION_DAYS"])
 
 
