@@ -53,15 +53,20 @@ DETAIL_WRITERS: dict[str, Callable[[Mapping[str, Any]], str]] = {"export_posts":
 
 def detail_text(action: str, detail: str | None) -> str:
     """An event's detail as the activity page shows it: its facts in the reader's words
-    and number formats, or the text as stored (events written before facts were kept)."""
+    and number formats, or the text as stored (events written before facts were kept, or
+    facts this code cannot word): one odd row must not take the page down."""
     writer = DETAIL_WRITERS.get(action)
     if writer is None or not detail:
         return detail or ""
     try:
         facts = json.loads(detail)
-    except ValueError:
+    except ValueError:  # text, as written before facts were kept
         return detail
-    return writer(facts) if isinstance(facts, dict) else detail
+    try:
+        return writer(facts)
+    except (KeyError, TypeError):
+        current_app.logger.warning("Showing the %s detail as stored, its facts unknown: %r", action, detail[:200])
+        return detail
 
 
 def record(action: str, detail: Mapping[str, Any] | str | None = None, user_id: int | None = None) -> None:
