@@ -1,6 +1,7 @@
 """A real browser (Debian's chromium driven by Playwright) exports posts and watches the bar."""
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ from app.extensions import db
 from app.models import Task, TaskState, User, utcnow
 from app.storage import export_storage
 from tests.support.browser import served
-from tests.support.screenshots import screenshot_path
+from tests.support.screenshots import drawn_by, keep_screenshot
 from tests.support.services import wait_until
 
 # Records every width the progress bar takes, from the first paint of each page.
@@ -486,6 +487,7 @@ def test_dismissing_a_message_by_keyboard_moves_the_focus_to_the_next_then_to_th
     expect(page.locator("main")).to_be_focused()
     page.keyboard.press("Tab")
     assert page.evaluate("document.querySelector('main').contains(document.activeElement)")
+    expect(page.locator("main")).not_to_have_attribute("tabindex", "-1")  # focusable for that once only
     context.close()
 
 
@@ -496,7 +498,7 @@ def test_dismissing_a_message_by_keyboard_moves_the_focus_to_the_next_then_to_th
 SHOT_TIME = datetime(2026, 12, 2, 9, 0, tzinfo=timezone.utc)
 
 
-def test_the_readmes_screenshot_of_a_running_export(browser, site, live_app):
+def test_the_readmes_screenshot_of_a_running_export(browser, site, live_app, tmp_path):
     """A profile page while its export runs, between two of the worker's reports 20 s
     apart (the page's clock is Playwright's): counts, bar, time left, the button waiting."""
     context = browser.new_context(viewport={"width": 900, "height": 700}, locale="en-US", timezone_id="UTC")
@@ -510,6 +512,7 @@ def test_the_readmes_screenshot_of_a_running_export(browser, site, live_app):
     page.clock.pause_at(SHOT_TIME + timedelta(minutes=1))
     page.goto(f"{site}/user/eve")
     alert = page.locator(".task-alert")
+    expect(alert).to_have_attribute("data-polling", "waiting")  # the first poll answered: its timer is set
     expect(alert.locator(".task-counts")).to_have_text("100,000 of 400,000 posts")
 
     set_task(live_app, task_id, progress=30, done=120_000)
@@ -520,12 +523,17 @@ def test_the_readmes_screenshot_of_a_running_export(browser, site, live_app):
     expect(page.locator(".alert")).to_have_count(1)
 
     bottom = page.locator("a[href='/auth/change_password']").bounding_box()
-    page.screenshot(path=str(screenshot_path("export-progress.png")), animations="disabled",
+    taken = tmp_path / "export-progress.png"
+    page.screenshot(path=str(taken), animations="disabled",
                     clip={"x": 0, "y": 0, "width": 900, "height": bottom["y"] + bottom["height"] + 24})
+    shows = page.locator("body").inner_text() + "\n" + drawn_by(
+        "app/static/style.css", "app/static/tasks.js", "app/templates/base.html", "app/templates/_tasks.html",
+        "app/templates/user.html")
+    keep_screenshot("export-progress.png", taken, shows)
     context.close()
 
 
-def test_the_readmes_screenshot_of_the_export_email(browser, app, mail_sink):
+def test_the_readmes_screenshot_of_the_export_email(browser, app, mail_sink, tmp_path):
     """The HTML part of the export email as the app sends it (a 31 MB file: linked, not
     attached), at a desktop width and at a phone's, where the card fills the screen."""
     with app.test_request_context("/export_posts", method="POST", base_url="https://microblog.example.com/"):
@@ -549,8 +557,11 @@ def test_the_readmes_screenshot_of_the_export_email(browser, app, mail_sink):
     expect(button).to_have_text("Download your export")
     expect(page.locator("body")).to_contain_text("Your export of 400,000 posts is ready.")
     expect(page.locator("body")).to_contain_text("The file (31.2 MB) is too large to attach")
-    expect(page.locator("body")).to_contain_text("The link works until December 9, 2026")
-    page.screenshot(path=str(screenshot_path("export-email.png")), full_page=True)
+    expect(page.locator("body")).to_contain_text("The link works until the end of December 8, 2026")
+    taken = tmp_path / "export-email.png"
+    page.screenshot(path=str(taken), full_page=True)
+    keep_screenshot("export-email.png", taken, message.message.get_body(("plain",)).get_content() + "\n"
+                    + hashlib.sha256(html.encode()).hexdigest()[:16] + " the HTML part\n")
 
     page.set_viewport_size({"width": 375, "height": 400})
     assert page.evaluate("document.scrollingElement.scrollWidth") <= 375  # nothing wider than a phone

@@ -7,13 +7,25 @@
 // previous one's, else to the page's content, from where Tab goes on.
 (function () {
   "use strict";
+  // The close buttons the reader can still reach once this alert is gone, in page order.
+  function remainingButtons(alert) {
+    return Array.prototype.filter.call(document.querySelectorAll(".alert > button.close"), function (b) {
+      return b.parentElement === alert || (!alert.contains(b) && b.offsetParent !== null);
+    });
+  }
+
   function focusAfter(button) {
-    var buttons = Array.prototype.slice.call(document.querySelectorAll(".alert > button.close"));
+    var alert = button.parentElement;
+    var buttons = remainingButtons(alert);
     var index = buttons.indexOf(button);
     var next = buttons[index + 1] || buttons[index - 1];
     if (next) { return next; }
     var main = document.querySelector("main");
-    if (main && !main.hasAttribute("tabindex")) { main.setAttribute("tabindex", "-1"); }
+    if (main && !main.hasAttribute("tabindex")) {
+      // Focusable for this once: a later click on its text must not focus it.
+      main.setAttribute("tabindex", "-1");
+      main.addEventListener("blur", function () { main.removeAttribute("tabindex"); }, { once: true });
+    }
     return main;
   }
 
