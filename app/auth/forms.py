@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
+from flask_babel.speaklater import LazyString
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, PasswordField, StringField, SubmitField
 from wtforms.validators import DataRequired, Email, EqualTo, Length, Regexp, ValidationError
@@ -17,7 +18,7 @@ USERNAME_RULE = Regexp(
 )
 
 
-def new_password_field(label: str = _l("New password")) -> PasswordField:
+def new_password_field(label: str | LazyString = _l("New password")) -> PasswordField:
     """A new password, checked by :class:`NewPasswordMixin`. A function, not a mixin's
     field: WTForms orders fields by when they were made, and a form declares this one
     where it belongs among its own."""
